@@ -1,0 +1,56 @@
+"""Small helpers every lesson uses: seeding, device choice, and showing course_lib's own source."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "pick_device", "show_source", "source_of"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's generators; return a fresh torch generator seeded the same.
+
+    Pass the returned generator to samplers and data loaders so that data order does not depend on how
+    many random numbers other code drew before.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The device a lesson runs on: ``prefer`` if given, else CUDA when present, else the CPU.
+
+    The environment variable ``COURSE_DEVICE`` overrides the automatic choice (e.g. ``cpu`` to force
+    CPU runs on a GPU machine).
+    """
+    choice = prefer or os.environ.get("COURSE_DEVICE")
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} was asked for, but CUDA is not available here")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def source_of(obj) -> str:
+    """The source code of a course_lib function or class, as a string."""
+    return inspect.getsource(obj)
+
+
+def show_source(obj):
+    """Display the source of ``obj`` with syntax highlighting (in Jupyter and in the book).
+
+    Lessons call this instead of copying code, so the code a reader sees is the code that is tested.
+    """
+    from IPython.display import Code
+
+    return Code(source_of(obj), language="python")

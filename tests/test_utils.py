@@ -1,0 +1,36 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import utils
+
+
+def test_seed_everything_makes_all_generators_repeat():
+    g1 = utils.seed_everything(7)
+    a = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g1).item())
+    g2 = utils.seed_everything(7)
+    b = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g2).item())
+    assert a == b
+    with pytest.raises(ValueError, match="seed"):
+        utils.seed_everything(-1)
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert utils.pick_device() == torch.device("cpu")
+    monkeypatch.delenv("COURSE_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert utils.pick_device().type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            utils.pick_device("cuda")
+
+
+def test_show_source_is_the_real_source():
+    from course_lib import landscapes
+
+    code = utils.show_source(landscapes.trajectory)
+    assert code.data.startswith("def trajectory(")
+    assert code.data == utils.source_of(landscapes.trajectory)
