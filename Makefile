@@ -6,7 +6,6 @@ BIN    := $(VENV)/bin
 NOTEBOOKS := $(wildcard lessons/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcard exercises/solutions/*.ipynb)
 CELL_TIMEOUT ?= 300
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: help venv book test test-lib test-notebooks sync clean bench
 

@@ -1,0 +1,510 @@
+"""One training loop for the lessons and the capstone.
+
+A few lines train a model::
+
+    data = SeededBatches(TensorDataset(X, y), batch_size=64, seed=0)
+    trainer = Trainer(model, optimizer, supervised_loss(F.cross_entropy), data,
+                      TrainConfig(epochs=5, clip_norm=1.0))
+    history = trainer.fit()            # dict of lists: step, loss, lr, grad_norm, ...
+
+What one optimizer step does (:meth:`Trainer.train_step`):
+
+1. take ``accumulation`` micro-batches (fewer at the end of an epoch);
+2. for each, ``loss_fn(model, batch)`` under autocast, weighted by its share of the
+   examples of the group, and backward: the summed gradient is the gradient of the mean
+   loss over all the group's examples, as if it were one big batch;
+3. unscale (fp16), measure the gradient norm, clip by norm or by value;
+4. stop with ``FloatingPointError`` naming the step (counted from 1, as in ``history``) and
+   the loss or the parameter if a value is NaN or infinite;
+5. step the optimizer (through the ``GradScaler`` for fp16) and the per-step schedulers.
+
+Data order is resumable: ``train_data`` has ``batches(epoch, start)`` that yields batch
+``start``, ``start + 1``, ... of that epoch in an order fixed by the epoch number alone (see
+:class:`SeededBatches`). A checkpoint stores the epoch and the number of micro-batches
+consumed, so a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset, default_collate
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Callback",
+    "SeededBatches",
+    "TrainConfig",
+    "Trainer",
+    "count_examples",
+    "epoch_batches",
+    "evaluate",
+    "grad_norm",
+    "move_to",
+    "supervised_loss",
+]
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def supervised_loss(criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossFn:
+    """``loss_fn`` for ``(inputs, targets)`` batches: ``criterion(model(inputs), targets)``."""
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, targets = batch
+        return criterion(model(inputs), targets)
+
+    return loss_fn
+
+
+def count_examples(batch: Any) -> int:
+    """Number of examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return count_examples(next(iter(batch.values())))
+    return count_examples(batch[0])
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_to(value, device) for value in batch)
+    return batch
+
+
+class SeededBatches:
+    """Batches of a map-style dataset in an order fixed by ``(seed, epoch)``: resumable data.
+
+    ``batches(epoch, start)`` yields batches ``start, start + 1, ...`` of epoch ``epoch``. The
+    permutation of epoch ``e`` comes from a generator seeded with ``seed + e`` (as torch's
+    ``DistributedSampler`` does), never from the global RNG, so skipping the consumed
+    batches costs nothing and changes nothing.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        collate_fn: Callable[[list[Any]], Any] = default_collate,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(dataset) < 1:
+            raise ValueError("dataset must hold at least one example")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.collate_fn = collate_fn
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The example indices of epoch ``epoch``, in the order they are served."""
+        n = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        order = self.order(epoch)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if isinstance(self.dataset, TensorDataset):
+                yield tuple(t[idx] for t in self.dataset.tensors)
+            else:
+                yield self.collate_fn([self.dataset[i] for i in idx.tolist()])
+
+
+def epoch_batches(data: Any, epoch: int, start: int = 0) -> Iterator[Any]:
+    """Batches of ``data`` for one epoch from batch ``start`` on.
+
+    ``data`` either has ``batches(epoch, start)`` (resumable, e.g. :class:`SeededBatches`) or
+    is any re-iterable (a list, a ``DataLoader``): then the first ``start`` batches are read
+    and dropped, which resumes exactly only if every pass yields the same order.
+    """
+    if hasattr(data, "batches"):
+        return iter(data.batches(epoch, start))
+    return itertools.islice(iter(data), start, None)
+
+
+def _groups_of(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` batches; the last list may be shorter."""
+    while group := list(itertools.islice(batches, size)):
+        yield group
+
+
+def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    r"""The global gradient norm :math:`\lVert g \rVert_2 = \sqrt{\sum_p \lVert g_p \rVert_2^2}`, as ``clip_grad_norm_`` computes it."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    if not norms:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn,
+    count_fn: Callable[[Any], int] = count_examples,
+    precision: str = "fp32",
+) -> float:
+    """Mean of ``loss_fn`` over all examples of ``data`` (epoch 0 of it), in eval mode, without gradients."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in epoch_batches(data, 0):
+        n = count_fn(batch)
+        with _autocast(device, precision):
+            total += float(loss_fn(model, move_to(batch, device))) * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("data for evaluation is empty")
+    return total / count
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a run. Training stops at ``max_steps`` optimizer steps or after ``epochs``, whichever comes first.
+
+    - ``accumulation``: micro-batches per optimizer step;
+    - ``clip_norm`` / ``clip_value``: clip the gradient by global norm, or each entry (not both);
+    - ``precision``: ``"fp32"``, ``"bf16"`` (autocast, CPU or GPU) or ``"fp16"`` (autocast
+      and ``GradScaler``, CUDA only);
+    - ``scheduler_interval``: step the LR schedulers after every optimizer step (``"step"``)
+      or every epoch (``"epoch"``); ``ReduceLROnPlateau`` is stepped after every evaluation
+      with the validation loss;
+    - ``eval_every``: evaluate every so many steps; ``None``: at the end of every epoch;
+    - ``checkpoint_every`` and ``checkpoint_path``: save a checkpoint every so many steps
+      and at the end (one file, replaced atomically);
+    - ``tokens_per_example``: if set, the history logs ``tokens_per_s``;
+    - ``check_finite``: stop on a NaN/Inf loss or gradient;
+    - ``progress``: show a tqdm bar (off by default, so notebook outputs stay reproducible).
+    """
+
+    max_steps: int | None = None
+    epochs: int | None = None
+    accumulation: int = 1
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    precision: str = "fp32"
+    scheduler_interval: str = "step"
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    checkpoint_path: str | Path | None = None
+    tokens_per_example: int | None = None
+    check_finite: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs (or both)")
+        for name in ("max_steps", "epochs", "eval_every", "checkpoint_every", "tokens_per_example"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.accumulation < 1:
+            raise ValueError(f"accumulation must be >= 1, got {self.accumulation}")
+        for name in ("clip_norm", "clip_value"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise ValueError("set clip_norm or clip_value, not both")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}")
+        if self.checkpoint_every is not None and self.checkpoint_path is None:
+            raise ValueError("checkpoint_every needs checkpoint_path")
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; override the ones you need. A plain callable is called as ``on_step_end``.
+
+    Set ``trainer.should_stop = True`` in a hook to end training after the current step.
+    """
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_eval(self, trainer: Trainer, val_loss: float) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class Trainer:
+    """The loop: accumulation, clipping, mixed precision, schedules, evaluation, callbacks, checkpoints.
+
+    ``loss_fn(model, batch)`` returns the mean loss of a batch (the hook for custom batches,
+    e.g. token windows). ``count_fn(batch)`` says how many examples a batch holds; it weights
+    micro-batches within an accumulation group and counts examples seen. The device is the
+    one of the model's parameters; batches are moved there. ``optimizer`` is any
+    ``torch.optim.Optimizer`` or a :class:`~course_lib.param_groups.MultiOptimizer`;
+    ``scheduler`` is one LR scheduler (or :class:`~course_lib.schedules.ParamGroupScheduler`),
+    a list of them, or ``None``.
+
+    ``history`` (a dict of lists, one entry per optimizer step) holds ``step``, ``epoch``,
+    ``loss`` (of the step's examples), ``lr`` (of param group 0, used by that step),
+    ``grad_norm`` (before clipping), ``examples`` (seen so far), ``time`` (seconds since the
+    start), ``examples_per_s`` and, with ``tokens_per_example``, ``tokens_per_s``; and per
+    evaluation ``eval_step`` and ``val_loss``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        loss_fn: LossFn,
+        train_data: Any,
+        config: TrainConfig,
+        scheduler: Any = None,
+        val_data: Any = None,
+        callbacks: Sequence[Callback | Callable[[Trainer], None]] = (),
+        count_fn: Callable[[Any], int] = count_examples,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.train_data = train_data
+        self.config = config
+        if scheduler is None:
+            self.schedulers = []
+        elif isinstance(scheduler, (list, tuple)):
+            self.schedulers = list(scheduler)
+        else:
+            self.schedulers = [scheduler]
+        self.val_data = val_data
+        self.callbacks = list(callbacks)
+        self.count_fn = count_fn
+        self.device = next(model.parameters()).device
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision='fp16' needs a CUDA model (GradScaler), the model is on {self.device}; use 'bf16'")
+        if val_data is None and any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in self.schedulers):
+            raise ValueError("ReduceLROnPlateau needs val_data: it is stepped with the validation loss")
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.names = {p: name for name, p in model.named_parameters()}
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch
+        self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
+        self.examples = 0
+        self.history: dict[str, list[float]] = {key: [] for key in self._history_keys()}
+        self.should_stop = False
+
+    def _history_keys(self) -> list[str]:
+        keys = ["step", "epoch", "loss", "lr", "grad_norm", "examples", "time", "examples_per_s"]
+        if self.config.tokens_per_example is not None:
+            keys.append("tokens_per_s")
+        return keys + ["eval_step", "val_loss"]
+
+    def _finished(self) -> bool:
+        cfg = self.config
+        return (
+            self.should_stop
+            or (cfg.max_steps is not None and self.step >= cfg.max_steps)
+            or (cfg.epochs is not None and self.epoch >= cfg.epochs)
+        )
+
+    def fit(self) -> dict[str, list[float]]:
+        """Train until ``max_steps`` or ``epochs`` (continuing from a loaded checkpoint); return the history."""
+        cfg = self.config
+        self.model.train()
+        total = cfg.max_steps
+        if total is None and hasattr(self.train_data, "__len__"):
+            total = cfg.epochs * math.ceil(len(self.train_data) / cfg.accumulation)
+        self._start = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
+        with tqdm(total=total, initial=self.step, disable=not cfg.progress, unit="step") as bar:
+            while not self._finished():
+                fresh_epoch = self.batch_in_epoch == 0
+                batches = epoch_batches(self.train_data, self.epoch, self.batch_in_epoch)
+                for group in _groups_of(batches, cfg.accumulation):
+                    self.train_step(group)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}", lr=f"{self.history['lr'][-1]:.3g}")
+                    self._after_step()
+                    if self._finished():
+                        break
+                else:
+                    if fresh_epoch and self.batch_in_epoch == 0:
+                        raise ValueError(f"train_data yields no batches in epoch {self.epoch}")
+                    self._end_epoch()
+        if cfg.checkpoint_path is not None:
+            self.save_checkpoint(cfg.checkpoint_path)
+        self._dispatch("on_train_end")
+        return self.history
+
+    def train_step(self, micro_batches: list[Any]) -> None:
+        """One optimizer step on a group of micro-batches, weighted by their numbers of examples."""
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        counts = [self.count_fn(batch) for batch in micro_batches]
+        total = sum(counts)
+        losses = []
+        for batch, n in zip(micro_batches, counts):
+            with _autocast(self.device, self.config.precision):
+                loss = self.loss_fn(self.model, move_to(batch, self.device)) * (n / total)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            losses.append(loss.detach().float())
+        loss_value = torch.stack(losses).sum().item()
+        if self.config.check_finite and not math.isfinite(loss_value):
+            raise FloatingPointError(f"step {self.step + 1}: the loss is {loss_value}")
+        norm = self._clip_gradients()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        self.batch_in_epoch += len(micro_batches)
+        self.examples += total
+        if self.config.scheduler_interval == "step":
+            self._step_schedulers()
+        self._log(loss_value, lr, norm, total, time.perf_counter() - started)
+
+    def _clip_gradients(self) -> float:
+        """Unscale (fp16), return the gradient norm before clipping, clip; check it is finite."""
+        cfg = self.config
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.clip_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
+        else:
+            norm = float(grad_norm(params))
+        # fp16: an overflow is expected now and then, and the GradScaler skips that step
+        if cfg.check_finite and not math.isfinite(norm) and not self.scaler:
+            bad = next((self.names[p] for p in params if not torch.isfinite(p.grad).all()), None)
+            if bad is None:
+                raise FloatingPointError(f"step {self.step + 1}: the gradient norm overflows to {norm}")
+            raise FloatingPointError(f"step {self.step + 1}: the gradient of parameter {bad!r} has NaN or Inf entries")
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+        return norm
+
+    def _step_schedulers(self) -> None:
+        for scheduler in self.schedulers:
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+
+    def _log(self, loss: float, lr: float, norm: float, examples: int, seconds: float) -> None:
+        h = self.history
+        h["step"].append(self.step)
+        h["epoch"].append(self.epoch)
+        h["loss"].append(loss)
+        h["lr"].append(float(lr))
+        h["grad_norm"].append(norm)
+        h["examples"].append(self.examples)
+        h["time"].append(time.perf_counter() - self._start)
+        h["examples_per_s"].append(examples / seconds)
+        if self.config.tokens_per_example is not None:
+            h["tokens_per_s"].append(examples * self.config.tokens_per_example / seconds)
+
+    def _after_step(self) -> None:
+        cfg = self.config
+        if cfg.eval_every is not None and self.step % cfg.eval_every == 0:
+            self._evaluate()
+        self._dispatch("on_step_end")
+        if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint(cfg.checkpoint_path)
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if self.config.scheduler_interval == "epoch":
+            self._step_schedulers()
+        if self.config.eval_every is None:
+            self._evaluate()
+        self._dispatch("on_epoch_end")
+
+    def _evaluate(self) -> None:
+        if self.val_data is None:
+            return
+        val_loss = evaluate(self.model, self.val_data, self.loss_fn, self.count_fn, self.config.precision)
+        self.history["eval_step"].append(self.step)
+        self.history["val_loss"].append(val_loss)
+        for scheduler in self.schedulers:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+        self._dispatch("on_eval", val_loss)
+
+    def _dispatch(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            if hasattr(callback, event):
+                getattr(callback, event)(self, *args)
+            elif event == "on_step_end" and callable(callback):
+                callback(self)
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Save everything a bit-identical resume needs; write to a temporary file, then rename (atomic)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "examples": self.examples,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint into this trainer's model, optimizer, schedulers and scaler; ``fit`` then resumes.
+
+        Build the trainer exactly as for the first run (same model, optimizer, schedulers,
+        data, config), then load. Loading uses ``torch.load(weights_only=True)``.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if len(state["schedulers"]) != len(self.schedulers):
+            raise ValueError(f"the checkpoint holds {len(state['schedulers'])} schedulers, the trainer has {len(self.schedulers)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for scheduler, s in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(s)
+        if self.scaler and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.examples = state["batch_in_epoch"], state["examples"]
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.history = state["history"]
