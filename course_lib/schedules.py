@@ -7,7 +7,8 @@ small scheduler class that applies it to every param group of an optimizer:
   to a floor;
 - :func:`warmup_poly_factor` / :class:`WarmupPolyLR`: linear warmup, then polynomial decay;
 - :class:`ParamGroupScheduler`: any group hyperparameter (``eps``, ``weight_decay``, ...)
-  as a function of the step, e.g. with :func:`warmup_inverse_power_eps`;
+  as a function of the step (the capstone's epsilon schedule,
+  :class:`course_lib.optim.layer_adaptive.PaperEpsScheduler`, is one);
 - :func:`plot_schedule`: the trajectory of any scheduler, drawn and returned.
 
 The LR schedulers subclass :class:`torch.optim.lr_scheduler.LRScheduler`, so they have
@@ -31,7 +32,6 @@ __all__ = [
     "WarmupPolyLR",
     "plot_schedule",
     "warmup_cosine_factor",
-    "warmup_inverse_power_eps",
     "warmup_poly_factor",
 ]
 
@@ -227,36 +227,6 @@ class WarmupPolyLR(LRScheduler):
             self.last_epoch, self.warmup_steps, self.total_steps, self.power, self.min_ratio, self.start_ratio
         )
         return [base_lr * f for base_lr in self.base_lrs]
-
-
-def warmup_inverse_power_eps(
-    step: int,
-    initial: float,
-    eps_min: float = 1e-9,
-    warmup_steps: int = 200,
-    decay_steps: int = 200,
-    alpha: float = 0.1,
-) -> float:
-    r"""The "dynamic epsilon" of the layer-adaptive AdamW paper (its eq. 2), for :class:`ParamGroupScheduler`.
-
-    .. math::
-        \epsilon_t = \begin{cases}
-        \epsilon_0 (1 - t/T_w) + \epsilon_{\min}\, t/T_w & t < T_w \\
-        \max\bigl(\epsilon_0 / (t/T_d + 1)^{\alpha},\ \epsilon_{\min}\bigr) & t \ge T_w
-        \end{cases}
-
-    with :math:`\epsilon_0` the group's initial ``eps``. Taken as written, the two pieces do not
-    meet: the first falls to nearly :math:`\epsilon_{\min}` at :math:`t = T_w - 1`, the
-    second restarts at :math:`\epsilon_0 / (T_w/T_d + 1)^{\alpha}` (with the defaults,
-    from about 1.05e-9 back up to 9.3e-9). Plot it with :func:`plot_schedule` to see.
-
-    Use: ``ParamGroupScheduler(opt, "eps", warmup_inverse_power_eps)`` or with
-    ``functools.partial`` for other constants.
-    """
-    if step < warmup_steps:
-        frac = step / warmup_steps
-        return initial * (1.0 - frac) + eps_min * frac
-    return max(initial / (step / decay_steps + 1.0) ** alpha, eps_min)
 
 
 def plot_schedule(

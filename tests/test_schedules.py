@@ -17,7 +17,6 @@ from course_lib.schedules import (
     WarmupPolyLR,
     plot_schedule,
     warmup_cosine_factor,
-    warmup_inverse_power_eps,
     warmup_poly_factor,
 )
 
@@ -216,22 +215,6 @@ def test_param_group_scheduler_errors():
     sched = ParamGroupScheduler(make_optimizer(cls=torch.optim.Adam), "eps", lambda t, v: v)
     with pytest.raises(ValueError, match="key"):
         sched.load_state_dict({"key": "weight_decay", "last_epoch": 0, "_last_values": [0.0]})
-
-
-def test_warmup_inverse_power_eps_matches_the_papers_formula():
-    base, eps_min, tw, td, alpha = 1e-8, 1e-9, 200, 200, 0.1
-    for t in [0, 1, 100, 199]:
-        want = base * (1 - t / tw) + eps_min * t / tw
-        assert warmup_inverse_power_eps(t, base) == pytest.approx(want, rel=1e-14)
-    for t in [200, 201, 1000, 10**6]:
-        want = max(base / (t / td + 1) ** alpha, eps_min)
-        assert warmup_inverse_power_eps(t, base) == pytest.approx(want, rel=1e-14)
-    # the two pieces do not meet: the docstring's numbers
-    assert warmup_inverse_power_eps(199, base) == pytest.approx(1.045e-9, rel=1e-12)
-    assert warmup_inverse_power_eps(200, base) == pytest.approx(1e-8 / 2**0.1, rel=1e-12)
-    assert 1e-8 / 2**0.1 == pytest.approx(9.33e-9, rel=1e-3)
-    # the floor binds only when (t/Td + 1)^alpha >= 10, i.e. t >= 200 (1e10 - 1)
-    assert warmup_inverse_power_eps(10**13, base, eps_min=eps_min) == eps_min
 
 
 def test_plot_schedule_returns_the_trajectory_and_draws_it():

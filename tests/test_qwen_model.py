@@ -1,0 +1,243 @@
+"""Tests of course_lib.models.qwen: shapes, causality, GQA, RoPE, tying, RMSNorm, counts, FLOPs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from course_lib.models import PRESETS, QwenConfig, QwenLM, count_parameters, flops_per_token, lm_loss
+from course_lib.models.qwen import Attention, RMSNorm, apply_rope, rope_cos_sin
+
+TINY = QwenConfig(vocab_size=61, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48,
+                  max_seq_len=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest, and avoids oversubscribing a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(config: QwenConfig = TINY, seed: int = 0) -> QwenLM:
+    torch.manual_seed(seed)
+    return QwenLM(config).double()
+
+
+def hand_count(c: QwenConfig, tied_twice: bool = False) -> int:
+    """Parameters counted by hand: embedding, per block (q/k/v with bias, o, SwiGLU, 2 norms), final norm."""
+    d, kv, f = c.d_model, c.n_kv_heads * c.head_dim, c.d_ff
+    attention = (d * d + d) + 2 * (d * kv + kv) + d * d
+    block = attention + 3 * d * f + 2 * d
+    return c.vocab_size * d * (2 if tied_twice else 1) + c.n_layers * block + d
+
+
+def test_logits_shape_and_initial_loss_is_uniform_guess():
+    model = tiny_model()
+    ids = torch.randint(0, TINY.vocab_size, (3, 16), generator=torch.Generator().manual_seed(1))
+    logits = model(ids)
+    assert logits.shape == (3, 16, TINY.vocab_size)
+    # weights of std 0.02 give logits near 0, so the next-token loss is near log(V); only each
+    # position's own token stands out (tied embeddings: logit ~ d * 0.02), which adds ~0.02
+    assert abs(lm_loss(logits[:, :-1], ids[:, 1:]).item() - math.log(TINY.vocab_size)) < 0.1
+
+
+def test_too_long_input_is_rejected():
+    with pytest.raises(ValueError, match="input_ids"):
+        tiny_model()(torch.zeros(1, TINY.max_seq_len + 1, dtype=torch.long))
+
+
+def test_changing_a_future_token_leaves_earlier_logits_alone():
+    model = tiny_model()
+    ids = torch.randint(0, TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    changed = ids.clone()
+    changed[:, 7] = (ids[:, 7] + 1) % TINY.vocab_size
+    a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-12)
+    assert (a[:, 7:] - b[:, 7:]).abs().amax(dim=-1).min() > 1e-6  # every later position sees it
+
+
+def naive_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention written out: repeat each kv head, masked softmax, weighted sum."""
+    b, t, _ = x.shape
+    h, kvh, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = (x @ attn.q_proj.weight.T + attn.q_proj.bias).view(b, t, h, hd).transpose(1, 2)
+    k = (x @ attn.k_proj.weight.T + attn.k_proj.bias).view(b, t, kvh, hd).transpose(1, 2)
+    v = (x @ attn.v_proj.weight.T + attn.v_proj.bias).view(b, t, kvh, hd).transpose(1, 2)
+    cos, sin = rope_cos_sin(t, hd, dtype=x.dtype)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k = k.repeat_interleave(h // kvh, dim=1)
+    v = v.repeat_interleave(h // kvh, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    future = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    y = (weights @ v).transpose(1, 2).reshape(b, t, h * hd)
+    return y @ attn.o_proj.weight.T
+
+
+def test_gqa_matches_naive_attention_and_mha_with_repeated_kv_heads():
+    torch.manual_seed(3)
+    gqa = Attention(TINY).double()
+    for p in gqa.parameters():  # non-zero biases, so that they are tested too
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 10, TINY.d_model, dtype=torch.float64)
+    cos, sin = rope_cos_sin(10, TINY.head_dim, dtype=torch.float64)
+    out = gqa(x, cos, sin)
+    torch.testing.assert_close(out, naive_attention(gqa, x), rtol=1e-10, atol=1e-12)
+
+    mha = Attention(QwenConfig(**{**TINY.__dict__, "n_kv_heads": TINY.n_heads})).double()
+    group = TINY.n_heads // TINY.n_kv_heads
+    hd = TINY.head_dim
+    with torch.no_grad():
+        for name in ("q_proj", "o_proj"):
+            getattr(mha, name).load_state_dict(getattr(gqa, name).state_dict())
+        for name in ("k_proj", "v_proj"):
+            src, dst = getattr(gqa, name), getattr(mha, name)
+            w = src.weight.view(TINY.n_kv_heads, hd, -1).repeat_interleave(group, dim=0)
+            dst.weight.copy_(w.reshape(TINY.n_heads * hd, -1))
+            dst.bias.copy_(src.bias.view(TINY.n_kv_heads, hd).repeat_interleave(group, dim=0).flatten())
+    torch.testing.assert_close(mha(x, cos, sin), out, rtol=1e-10, atol=1e-12)
+
+
+def test_rope_rotates_each_pair_by_its_angle():
+    hd, theta, t = 8, 10_000.0, 5
+    x = torch.randn(t, hd, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cos, sin = rope_cos_sin(t, hd, theta, dtype=torch.float64)
+    y = apply_rope(x, cos, sin)
+    for pos in range(t):
+        for i in range(hd // 2):
+            a = pos * theta ** (-2 * i / hd)
+            x1, x2 = x[pos, i].item(), x[pos, i + hd // 2].item()
+            assert y[pos, i].item() == pytest.approx(x1 * math.cos(a) - x2 * math.sin(a), abs=1e-12)
+            assert y[pos, i + hd // 2].item() == pytest.approx(x1 * math.sin(a) + x2 * math.cos(a),
+                                                               abs=1e-12)
+
+
+def test_rope_keeps_norms_and_scores_depend_on_relative_position_only():
+    hd, length = 16, 40
+    g = torch.Generator().manual_seed(5)
+    cos, sin = rope_cos_sin(length, hd, dtype=torch.float64)
+    x = torch.randn(3, length, hd, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    q, k = torch.randn(hd, dtype=torch.float64, generator=g), torch.randn(hd, dtype=torch.float64, generator=g)
+    rq = apply_rope(q.expand(length, hd), cos, sin)  # q placed at every position
+    rk = apply_rope(k.expand(length, hd), cos, sin)
+    scores = rq @ rk.T  # scores[m, n] = <R_m q, R_n k>
+    for shift in (1, 7, 20):
+        for m, n in ((3, 0), (10, 4), (5, 5), (2, 9)):
+            assert scores[m + shift, n + shift].item() == pytest.approx(scores[m, n].item(), abs=1e-10)
+    assert abs(scores[3, 0].item() - scores[4, 0].item()) > 1e-3  # but they do depend on m - n
+
+
+def test_tied_embedding_is_one_tensor_and_gets_both_gradients():
+    model = tiny_model()
+    assert model.lm_head.weight is model.embed.weight
+    assert model.lm_head.weight.data_ptr() == model.embed.weight.data_ptr()
+    ids = torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(6))
+    lm_loss(model(ids), ids).backward()
+    grad = model.embed.weight.grad.clone()
+    # the same model with an untied copy of the matrix: its two gradients must add up to `grad`
+    untied = tiny_model()
+    untied.lm_head.weight = torch.nn.Parameter(untied.embed.weight.detach().clone())
+    lm_loss(untied(ids), ids).backward()
+    torch.testing.assert_close(untied.embed.weight.grad + untied.lm_head.weight.grad, grad)
+    assert untied.embed.weight.grad.abs().sum() > 0 and untied.lm_head.weight.grad.abs().sum() > 0
+    restored = QwenLM(TINY).double()
+    restored.load_state_dict(model.state_dict())
+    assert restored.lm_head.weight is restored.embed.weight
+    torch.testing.assert_close(restored(ids), model(ids))
+
+
+def test_rmsnorm_matches_closed_form():
+    rng = np.random.default_rng(7)
+    x, w = rng.normal(size=(4, 6, 10)) * 3.0, rng.normal(size=10)
+    norm = RMSNorm(10, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(w))
+    expected = x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(norm(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-12)
+    low = norm.float().to(torch.bfloat16)(torch.from_numpy(x).to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    np.testing.assert_allclose(low.float().detach().numpy(), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["smoke", "gpu"])
+def test_parameter_count_matches_hand_count(name):
+    config = PRESETS[name]
+    assert count_parameters(config) == hand_count(config)
+    assert count_parameters(config, count_tied_twice=True) == hand_count(config, tied_twice=True)
+    if name == "smoke":  # a real model, not only the meta-device build
+        assert count_parameters(QwenLM(config)) == hand_count(config)
+
+
+def test_presets_have_the_promised_sizes():
+    assert 0.08e6 < count_parameters(PRESETS["smoke"]) < 0.15e6
+    assert 10e6 < count_parameters(PRESETS["gpu"]) < 30e6
+    paper = PRESETS["paper"]
+    assert (paper.n_layers, paper.d_model, paper.n_heads, paper.max_seq_len) == (12, 768, 12, 1024)
+    assert QwenConfig.preset("smoke", max_seq_len=32).max_seq_len == 32
+
+
+def test_flops_per_token_matches_a_flop_counter():
+    """PyTorch's FlopCounterMode counts matmul FLOPs of forward + backward; norms and biases
+    are not matmuls, so the estimate exceeds the count by exactly 6 x their number."""
+    config = QwenConfig.preset("smoke", max_seq_len=32)
+    model = QwenLM(config)
+    ids = torch.randint(0, config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(8))
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):  # the math backend's bmm calls are counted
+        lm_loss(model(ids), ids).backward()
+    measured = counter.get_total_flops() / ids.numel()
+    not_matmul = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    assert flops_per_token(config) == measured + 6 * not_matmul
+
+
+def test_initialization_follows_gpt2():
+    config = QwenConfig(vocab_size=512, n_layers=4, d_model=256, n_heads=4, n_kv_heads=4,
+                        d_ff=512, max_seq_len=16)
+    torch.manual_seed(9)
+    model = QwenLM(config)
+    block = model.layers[1]
+    assert block.attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    scaled = 0.02 / math.sqrt(2 * config.n_layers)
+    assert block.attn.o_proj.weight.std().item() == pytest.approx(scaled, rel=0.03)
+    assert block.mlp.down_proj.weight.std().item() == pytest.approx(scaled, rel=0.03)
+    assert torch.all(block.attn.q_proj.bias == 0) and torch.all(block.attn_norm.weight == 1)
+    torch.manual_seed(9)
+    plain = QwenLM(QwenConfig(**{**config.__dict__, "scaled_residual_init": False}))
+    assert plain.layers[1].mlp.down_proj.weight.std().item() == pytest.approx(0.02, rel=0.03)
+
+
+def test_a_few_adamw_steps_fit_one_batch():
+    model = tiny_model(seed=10)
+    ids = torch.randint(0, TINY.vocab_size, (2, 16), generator=torch.Generator().manual_seed(10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = lm_loss(model(ids[:, :-1]), ids[:, 1:]).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = lm_loss(model(ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+@pytest.mark.parametrize("field, value", [("n_kv_heads", 3), ("n_heads", 5), ("d_model", 36),
+                                          ("vocab_size", 0), ("norm_eps", -1.0)])
+def test_bad_config_raises_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        QwenConfig(**{**TINY.__dict__, field: value})
+
+
+def test_unknown_preset_and_bad_seq_len_are_rejected():
+    with pytest.raises(ValueError, match="name"):
+        QwenConfig.preset("huge")
+    with pytest.raises(ValueError, match="seq_len"):
+        flops_per_token(TINY, seq_len=0)
