@@ -7,7 +7,7 @@ NOTEBOOKS := $(wildcard lessons/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcar
 CELL_TIMEOUT ?= 300
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv book test test-lib test-notebooks sync clean bench
+.PHONY: help venv book test test-lib test-notebooks test-book chromium sync clean bench
 
 help:
 	@echo "make book   - create .venv, install pinned dependencies, build the book (HTML in _build/html)"
@@ -28,10 +28,21 @@ book: venv
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: test-lib test-notebooks
+test: test-lib test-notebooks test-book
 
 test-lib: venv
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/browser
+
+# The rendered book as a reader meets it: build it, then open every page in headless Chromium.
+test-book: book chromium
+	$(PY) -m pytest tests/browser -q -p no:cacheprovider
+
+# Debian's Chromium for the browser test (installed with apt-get when missing and we are root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
+	  { echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path/to/chrome)."; exit 1; }
 
 test-notebooks: venv
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)

@@ -1,0 +1,142 @@
+"""Open every page of the built book in headless Chromium and check what a reader would see.
+
+Run after `make book` (the `make test` target builds the book first): `pytest tests/browser`.
+Checks, for every page in the table of contents: no error output or traceback, every image loads,
+math is typeset by MathJax, internal links resolve; for lessons, the Colab launch button and the
+download button point at the lesson's .ipynb. Screenshots of a few pages are kept in
+_build/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+def _toc_files(node) -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        if "file" in node:
+            out.append(node["file"])
+        for v in node.values():
+            out += _toc_files(v)
+    elif isinstance(node, list):
+        for item in node:
+            out += _toc_files(item)
+    return out
+
+PAGES = [TOC["root"]] + _toc_files(TOC)
+# Jupyter Book 1.0.4 emits sphinx-thebe's inline configuration script twice on every page; the second
+# copy re-declares a `const`. It is harmless (thebe is not used) and outside this repository's control.
+KNOWN_UPSTREAM_ERRORS = {"Identifier 'THEBE_JS_URL' has already been declared"}
+SCREENSHOT_PAGES = {TOC["root"], "lessons/01_gradient_descent"}
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"the book is not built: {HTML / 'index.html'} is missing; run `make book` first")
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.fail("Chromium was not found: install it (Debian: `apt-get install chromium`) or set CHROMIUM=/path")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()
+
+def _colab_url(page_file: str) -> str:
+    repo = CONFIG["repository"]["url"].rstrip("/")
+    org_repo = urlparse(repo).path.strip("/")
+    branch = CONFIG["repository"].get("branch", "main")
+    return f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{page_file}.ipynb"
+
+@pytest.mark.parametrize("page_file", PAGES)
+def test_page_renders(page_file, server, browser):
+    url = urljoin(server, page_file + ".html")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    external = []
+    page.route("**/*", lambda route: (external.append(route.request.url), route.abort())
+               if not route.request.url.startswith(server) else route.continue_())
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)) if str(exc) not in KNOWN_UPSTREAM_ERRORS else None)
+    response = page.goto(url, wait_until="load")
+    assert response is not None and response.ok, f"{url}: HTTP {response.status if response else 'no response'}"
+
+    # Error outputs: myst-nb marks them with these classes; a traceback in any output is an error too.
+    bad = page.locator("div.output.error, div.output.traceback").count()
+    assert bad == 0, f"{page_file}: {bad} error outputs"
+    outputs_text = " ".join(page.locator("div.cell_output").all_inner_texts())
+    assert "Traceback (most recent call last)" not in outputs_text, f"{page_file}: a traceback in the outputs"
+
+    # Images: every <img> has loaded (naturalWidth > 0).
+    broken = page.eval_on_selector_all(
+        "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    assert not broken, f"{page_file}: images that did not load: {broken}"
+
+    # Math: wait for MathJax, then no raw TeX delimiters may be left in the article.
+    if page.locator("div.math, span.math").count():
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20000)
+        page.evaluate("() => MathJax.startup.promise")
+        typeset = page.locator("mjx-container").count()
+        raw = page.locator("div.math, span.math").count()
+        assert typeset >= raw, f"{page_file}: {raw} math elements but only {typeset} typeset"
+
+    # Internal links resolve to built files (and their anchors exist).
+    hrefs = page.eval_on_selector_all("article a[href]", "as => as.map(a => a.href)")
+    for href in hrefs:
+        target, anchor = urldefrag(href)
+        if not target.startswith(server):
+            continue
+        path = HTML / unquote(urlparse(target).path).lstrip("/")
+        if path.is_dir():
+            path = path / "index.html"
+        assert path.exists(), f"{page_file}: broken link {href}"
+        if anchor and path.suffix == ".html":
+            assert f'id="{anchor}"' in path.read_text(errors="replace"), f"{page_file}: missing anchor {href}"
+
+    if page_file.startswith("lessons/"):
+        colab = page.locator("a[href*='colab.research.google.com']").first.get_attribute("href")
+        assert colab == _colab_url(page_file), f"{page_file}: Colab button points at {colab}"
+        assert (ROOT / f"{page_file}.ipynb").exists(), f"the Colab button's notebook {page_file}.ipynb is missing"
+        downloads = page.eval_on_selector_all("a[href$='.ipynb']", "as => as.map(a => a.href)")
+        local = [d for d in downloads if d.startswith(server)]
+        assert local, f"{page_file}: no download button for the .ipynb"
+        for d in local:
+            assert (HTML / unquote(urlparse(d).path).lstrip("/")).exists(), f"{page_file}: download {d} is missing"
+
+    assert not errors, f"{page_file}: JavaScript errors: {errors}"
+    if page_file in SCREENSHOT_PAGES:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / (page_file.replace("/", "__") + ".png")), full_page=False)
+    page.close()
