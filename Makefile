@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
-NOTEBOOKS := $(wildcard lessons/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcard exercises/solutions/*.ipynb)
+# Student exercise notebooks hold stubs by design; tests/test_grading.py grades them. nbval runs the rest.
+NOTEBOOKS := $(wildcard lessons/*.ipynb) $(wildcard exercises/solutions/*.ipynb)
 CELL_TIMEOUT ?= 300
 export PYTHONHASHSEED := 0
+# Small models run faster on one thread, and a loaded machine does not slow them down 10x.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: help venv book test test-lib test-notebooks test-book chromium sync clean bench
 

@@ -20,6 +20,8 @@ def _paired_sources() -> list[Path]:
     out = []
     for folder in ["lessons", "exercises"]:
         for md in sorted((ROOT / folder).rglob("*.md")):
+            if "src" in md.relative_to(ROOT).parts:  # exercise sources: single files, not pairs
+                continue
             if md.read_text().lstrip().startswith("---\njupytext:"):
                 out.append(md)
     return out

@@ -1,0 +1,34 @@
+"""The checks that exercise notebooks call: ``checks.NAME(your_function)``.
+
+Each check draws fresh random inputs on every run, compares your function with an independent
+reference (``torch.optim`` or a closed form), prints one line when it passes, and otherwise raises
+:class:`CheckFailed` saying what was expected, what came back, and on which input. Pass ``seed=`` to
+draw the same inputs again.
+
+Adding an exercise means adding a module here with its checks and importing them below.
+"""
+
+from ._core import CheckFailed
+from .adam import adam_step, adam_step_uncorrected, uncorrected_ratio
+from .adamw import adam_l2_step, adamw_shrink, adamw_step
+from .lion import lion_optimizer, lion_step
+from .rmsprop import rmsprop_nesterov_step, rmsprop_step, run_rmsprop, steps_to_reach
+from .schedule import warmup_cosine_lr, warmup_cosine_scheduler
+
+__all__ = [
+    "CheckFailed",
+    "rmsprop_step",
+    "run_rmsprop",
+    "steps_to_reach",
+    "rmsprop_nesterov_step",
+    "adam_step",
+    "adam_step_uncorrected",
+    "uncorrected_ratio",
+    "adamw_step",
+    "adam_l2_step",
+    "adamw_shrink",
+    "warmup_cosine_lr",
+    "warmup_cosine_scheduler",
+    "lion_step",
+    "lion_optimizer",
+]

@@ -1,0 +1,154 @@
+"""Stochastic gradient descent with momentum, dampening, Nesterov momentum and weight decay.
+
+The operations and their order follow ``torch/optim/sgd.py`` (its single-tensor path), so that
+trajectories agree with torch.optim to round-off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import CourseOptimizer, Params, State, check_range
+
+__all__ = ["SGD", "sgd_update", "sgd_update_foreach"]
+
+
+def sgd_update(
+    param: Tensor,
+    grad: Tensor,
+    state: State,
+    *,
+    step: int,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
+    r"""One SGD step on ``param``, in place.
+
+    With learning rate :math:`\gamma`, momentum :math:`\mu`, dampening :math:`\tau` and weight
+    decay :math:`\lambda`, at step :math:`t`:
+
+    .. math::
+
+        g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
+        b_t &\leftarrow g_t \ \text{if } t = 1, \text{ else } \mu b_{t-1} + (1 - \tau) g_t \\
+        d_t &\leftarrow g_t + \mu b_t \ \text{(Nesterov)}, \text{ else } b_t \\
+        \theta_t &\leftarrow \theta_{t-1} - \gamma d_t
+
+    Without momentum (:math:`\mu = 0`), :math:`d_t = g_t`. As in PyTorch, the buffer starts at
+    the first gradient rather than at zero, and ``lr`` multiplies the whole step (some papers
+    write :math:`b_t = \mu b_{t-1} + \gamma g_t` instead; the two agree while :math:`\gamma` is
+    constant).
+    """
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    if momentum != 0:
+        buf = state["momentum_buffer"]
+        if step == 1:
+            buf.copy_(grad)
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+    param.add_(grad, alpha=-lr)
+
+
+def sgd_update_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[State],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
+    """:func:`sgd_update` on lists of tensors (one device, one dtype) with ``torch._foreach_*`` ops."""
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        bufs = [s["momentum_buffer"] for s in states]
+        first = [i for i, s in enumerate(states) if s["step"] == 1]
+        later = [i for i, s in enumerate(states) if s["step"] > 1]
+        if first:
+            torch._foreach_copy_([bufs[i] for i in first], [grads[i] for i in first])
+        if later:
+            later_bufs = [bufs[i] for i in later]
+            torch._foreach_mul_(later_bufs, momentum)
+            torch._foreach_add_(later_bufs, [grads[i] for i in later], alpha=1 - dampening)
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+class SGD(CourseOptimizer):
+    r"""Stochastic gradient descent; a drop-in for :class:`torch.optim.SGD` (see :func:`sgd_update`).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate :math:`\gamma \ge 0`.
+        momentum: momentum factor :math:`\mu \in [0, 1)`. If it is to be non-zero for a
+            parameter, it must be non-zero at that parameter's first step (a scheduler may change
+            its value later, e.g. OneCycleLR).
+        dampening: dampening :math:`\tau \in [0, 1]` of the gradient added to the buffer.
+        weight_decay: L2 penalty :math:`\lambda \ge 0`, added to the gradient.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+        maximize: ascend the objective instead of descending it.
+        foreach: ``False`` the per-tensor loop, ``True`` the ``torch._foreach_*`` kernels,
+            ``None`` the faster of the two fast paths for the device.
+    """
+
+    tileable = True
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def validate(self, group: dict[str, Any]) -> None:
+        super().validate(group)
+        check_range("momentum", group["momentum"], 0.0, 1.0)
+        check_range("dampening", group["dampening"], 0.0, 1.0, high_inclusive=True)
+        check_range("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "nesterov=True requires momentum in (0, 1) and dampening == 0, got "
+                f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            )
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
+        if group["momentum"] == 0:
+            return {}
+        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _hyperparameters(self, group: dict[str, Any], states: list[State]) -> dict[str, Any]:
+        if group["momentum"] != 0 and any("momentum_buffer" not in s for s in states):
+            raise RuntimeError(
+                "SGD: momentum became non-zero after a parameter's first step; create the optimizer "
+                "with momentum > 0 from the start (schedulers may change its value later)"
+            )
+        return dict(lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+                    weight_decay=group["weight_decay"], nesterov=group["nesterov"])
+
+    def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
+        sgd_update(param, grad, state, step=state["step"], **self._hyperparameters(group, [state]))
+
+    def update_foreach(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: dict[str, Any]
+    ) -> None:
+        sgd_update_foreach(params, grads, states, **self._hyperparameters(group, states))

@@ -1,0 +1,277 @@
+"""Tests of course_lib.capstone: the runner's results, the baseline, exact resume, DDP, MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import capstone
+from course_lib.capstone import (
+    CapstoneConfig,
+    EpsProbe,
+    StepBatches,
+    capstone_config,
+    load_run,
+    merge_results,
+    mfu,
+    peak_bf16_tflops,
+    run_variant,
+)
+from course_lib.models import QwenConfig, count_parameters
+from course_lib.optim.layer_adaptive import paper_eps
+from course_lib.trainer import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(steps=12, batch_size=4, eval_every=6, eval_batches=1, eval_batch_size=8,
+            probe_every=6, checkpoint_every=5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest, avoids oversubscribing a shared machine, and fixes the round-off."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """The smoke preset's token shards, built once for the whole module."""
+    path = tmp_path_factory.mktemp("capstone_data")
+    capstone.prepare_data(capstone_config("smoke", out_dir=str(path), data_dir=str(path), max_bytes=300_000))
+    return str(path)
+
+
+def tiny(out_dir: Path, data_dir: str, **overrides) -> CapstoneConfig:
+    return capstone_config("smoke", out_dir=str(out_dir), data_dir=data_dir, max_bytes=300_000,
+                           **{**TINY, **overrides})
+
+
+def final_weights(cfg: CapstoneConfig, variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    return load_run(variant, seed, cfg)[0].state_dict()
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def test_a_variant_runs_and_returns_every_field(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir)
+    result = run_variant("layer_adaptive", 0, cfg)
+    assert {"name", "seed", "val_loss", "tokens_per_s", "mfu", "steps", "tokens", "params",
+            "curve"} <= set(result)
+    assert result["name"] == "layer_adaptive" and result["seed"] == 0
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(257)
+    assert result["steps"] == 12 and result["tokens"] == 12 * 4 * 64
+    assert result["params"] == count_parameters(QwenConfig.preset("smoke"))
+    assert result["mfu"] is None and result["device"] == "cpu"  # no peak for a CPU
+    assert result["tokens_per_s"] > 0
+    assert [s for s, _ in result["curve"]] == [6, 12] and result["curve"][-1][1] == result["val_loss"]
+    assert len(result["train_loss"]) == 12
+    # the probe saw the paper's eps schedule: after step s the next step uses paper_eps(s)
+    probe = result["eps_probe"]
+    assert probe["probe_step"] == [1, 6, 12]
+    assert probe["probe_eps"] == pytest.approx([paper_eps(s) for s in [1, 6, 12]], rel=1e-12)
+    assert all(q == sorted(q) for q in probe["probe_sqrt_v"])
+    saved = json.loads((tmp_path / "runs" / "layer_adaptive-seed0" / "result.json").read_text())
+    assert saved["val_loss"] == result["val_loss"]
+
+
+def test_the_variants_share_initial_weights_and_data_and_differ_in_the_optimizer(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir, steps=3, eval_every=3, probe_every=None)
+    results = {v: run_variant(v, 0, cfg) for v in capstone.PAPER_VARIANTS}
+    # same initial weights and batches: the first step's loss is the same; the warmup gives
+    # step 1 a learning rate of 0, so the weights and the loss of step 2 are still the same
+    assert len({tuple(r["train_loss"][:2]) for r in results.values()}) == 1
+    assert len({r["train_loss"][2] for r in results.values()}) > 1
+    optimizers = {v: load_run(v, 0, cfg)[1] for v in results}
+    lr_mults = {v: [g["lr_mult"] for g in opt.param_groups] for v, opt in optimizers.items()}
+    assert set(lr_mults["adamw"]) == set(lr_mults["eps_only"]) == {1.0}
+    assert lr_mults["layer_adaptive"] == lr_mults["multipliers_only"] != lr_mults["adamw"]
+    assert max(lr_mults["layer_adaptive"]) == pytest.approx(1.2)
+    eps = {v: {g["eps"] for g in opt.param_groups} for v, opt in optimizers.items()}
+    assert eps["adamw"] == eps["multipliers_only"] == {1e-8}
+    assert eps["eps_only"] == eps["layer_adaptive"] == {paper_eps(3)}
+    control = load_run("control", 0, cfg) if run_variant("control", 0, cfg) else None
+    assert {g["eps"] for g in control[1].param_groups} == {1e-8 * (1 + 1e-6)}
+
+
+def test_baseline_is_torch_adamw_bit_for_bit(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir, steps=8, eval_every=4)
+    ours = run_variant("adamw", 1, cfg)
+    reference = run_variant("torch_adamw", 1, cfg)
+    assert ours["train_loss"] == reference["train_loss"]
+    assert ours["val_loss"] == reference["val_loss"]
+    a, b = final_weights(cfg, "adamw", 1), final_weights(cfg, "torch_adamw", 1)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+class Kill(Callback):
+    """Stands in for a kill: stops the process (with an exception) after a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.step == self.step:
+            raise KeyboardInterrupt(f"killed after step {self.step}")
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+    straight_cfg = tiny(tmp_path / "straight", data_dir)
+    straight = run_variant("layer_adaptive", 0, straight_cfg)
+
+    cfg = tiny(tmp_path / "killed", data_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run_variant("layer_adaptive", 0, cfg, callbacks=[Kill(8)])
+    ckpt = tmp_path / "killed" / "runs" / "layer_adaptive-seed0" / "checkpoint.pt"
+    assert torch.load(ckpt, weights_only=True)["step"] == 5  # the last checkpoint before the kill
+    torch.manual_seed(1234)  # whatever the process did in between
+    resumed = run_variant("layer_adaptive", 0, cfg)  # the same command again
+
+    assert resumed["val_loss"] == straight["val_loss"]
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["curve"] == straight["curve"]
+    assert resumed["eps_probe"] == straight["eps_probe"]
+    a, b = final_weights(straight_cfg, "layer_adaptive"), final_weights(cfg, "layer_adaptive")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    again = run_variant("layer_adaptive", 0, cfg)  # a finished run is read back, not retrained
+    assert again["val_loss"] == straight["val_loss"] and again["steps"] == 12
+
+
+def test_a_checkpoint_with_other_settings_is_not_resumed(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir, steps=5)
+    run_variant("eps_only", 0, cfg)
+    with pytest.raises(ValueError, match="lr"):
+        run_variant("eps_only", 0, tiny(tmp_path, data_dir, steps=5, lr=5e-2))
+
+
+# ----------------------------------------------------------------------------- batches and DDP
+
+
+def test_each_process_gets_its_slice_of_the_same_batch(data_dir):
+    tokens = np.asarray(capstone.text.load_split(data_dir))
+    cfg = tiny(Path("unused"), data_dir, batch_size=8)
+    whole = StepBatches(tokens, cfg, 64, seed=3)
+    assert whole.accumulation == 1
+    split_cfg = tiny(Path("unused"), data_dir, batch_size=8, micro_batch_size=2)
+    for step in [0, 5]:
+        x, y, last = next(whole.batches(0, step))
+        assert last
+        parts = []
+        for rank in range(2):
+            sliced = StepBatches(tokens, split_cfg, 64, seed=3, rank=rank, world=2)
+            assert sliced.accumulation == 2
+            it = sliced.batches(0, step * 2)
+            micro = [next(it) for _ in range(2)]
+            assert [m[2] for m in micro] == [False, True]
+            parts += [m[0] for m in micro]
+        assert torch.equal(torch.cat(parts), x)
+    with pytest.raises(ValueError, match="divisible"):
+        StepBatches(tokens, tiny(Path("unused"), data_dir, batch_size=5), 64, seed=0, world=2)
+
+
+def test_ddp_with_two_gloo_processes_equals_one_process(tmp_path, data_dir):
+    settings = dict(steps=6, batch_size=4, eval_every=3, probe_every=3, checkpoint_every=None)
+    single_cfg = tiny(tmp_path / "single", data_dir, **settings)
+    single = run_variant("layer_adaptive", 0, single_cfg)
+
+    out = tmp_path / "ddp"
+    overrides = [f"{k}={json.dumps(v)}" for k, v in {**TINY, **settings}.items()
+                 if k != "steps" and v is not None]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "course_lib.capstone", "--preset", "smoke", "--out-dir", str(out),
+               "--data-dir", data_dir, "--variants", "layer_adaptive", "--seeds", "0",
+               "--steps", "6", "--set", "max_bytes=300000", "micro_batch_size=1", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COURSE_DEVICE": "cpu"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    merged = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["name"], r["seed"], r["world_size"]) for r in merged] == [("layer_adaptive", 0, 2)]
+    ddp = merged[0]
+    assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    assert [v for _, v in ddp["curve"]] == pytest.approx([v for _, v in single["curve"]], rel=1e-5)
+    assert ddp["tokens"] == single["tokens"]
+    a = final_weights(single_cfg, "layer_adaptive")
+    b = final_weights(tiny(out, data_dir, **settings), "layer_adaptive")
+    # Round-off differs (gloo sums the two halves), and Adam divides each gradient by its own
+    # scale, so an entry with a near-zero gradient (the key biases of slowly turning rotary pairs)
+    # can move by a visible fraction of a step: allow 1e-5, a thousandth of the learning rate.
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+# ----------------------------------------------------------------------------- MFU, config, merge
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.4),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", None),
+    ("NVIDIA H200", 989.4),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA A100 80GB PCIe", 312.0),
+    ("NVIDIA A10", 125.0),
+    ("NVIDIA A10G", None),
+    ("NVIDIA L4", 121.0),
+    ("NVIDIA L40S", 362.05),
+    ("NVIDIA GeForce RTX 4090", None),
+    ("Tesla V100-SXM2-16GB", None),
+    (None, None),
+])
+def test_peak_table_matches_device_names(name, peak):
+    assert peak_bf16_tflops(name) == peak
+
+
+def test_mfu_divides_achieved_by_peak_flops():
+    assert mfu(1e6, 3e8, "NVIDIA H100 80GB HBM3") == pytest.approx(3e14 / 989.4e12)
+    assert mfu(8e6, 3e8, "NVIDIA A100-SXM4-40GB", n_devices=8) == pytest.approx(3e14 / 312e12)
+    assert mfu(1e6, 3e8, None) is None and mfu(1e6, 3e8, "NVIDIA A10G") is None
+
+
+def test_config_presets_and_overrides():
+    cfg = capstone_config("gpu", model={"n_layers": 4}, lr=None, seeds=[5])
+    assert cfg.model_config().n_layers == 4 and cfg.model_config().d_model == 512
+    assert cfg.lr == capstone.PRESETS["gpu"]["lr"] and cfg.seeds == (5,)
+    assert capstone_config("paper").model_config(vocab_size=50257).vocab_size == 50257
+    with pytest.raises(ValueError, match="preset"):
+        capstone_config("huge")
+    with pytest.raises(ValueError, match="learning_rate"):
+        capstone_config("smoke", learning_rate=1e-3)
+    with pytest.raises(ValueError, match="variant"):
+        run_variant("sgd", 0, capstone_config("smoke"))
+    with pytest.raises(ValueError, match="every"):
+        EpsProbe(0)
+
+
+def test_merge_collects_finished_runs_into_results_json(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir, steps=2, eval_every=2, probe_every=None)
+    for variant in ["eps_only", "adamw"]:
+        run_variant(variant, 0, cfg)
+    assert capstone.main(["--merge-only", "--out-dir", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["name"], r["seed"]) for r in runs] == [("adamw", 0), ("eps_only", 0)]
+    assert runs == merge_results(tmp_path, write=False)["runs"]
+    assert all("train_loss" not in r and math.isfinite(r["val_loss"]) for r in runs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_uses_bf16_compile_and_reports_mfu(tmp_path, data_dir):
+    cfg = tiny(tmp_path, data_dir, steps=20, eval_every=10, compile=True)
+    result = run_variant("layer_adaptive", 0, cfg)
+    assert result["device"] == "cuda" and result["precision"] == "bf16" and result["compiled"]
+    assert math.isfinite(result["val_loss"])
+    if peak_bf16_tflops(result["device_name"]) is not None:
+        assert 0 < result["mfu"] < 1

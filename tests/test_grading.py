@@ -1,0 +1,628 @@
+"""Exercises and their grading: the checks, the notebook builder, and the nbval-based grader.
+
+The checks are tested in-process against the solutions and against plausible wrong answers; the
+grader is tested end to end once, on a batch of submissions run by the real command.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from course_lib.grading import checks
+from course_lib.grading.__main__ import main
+from course_lib.grading.checks import CheckFailed
+from course_lib.grading.checks._core import Trials
+from course_lib.grading.checks.lion import lion_reference
+from course_lib.grading.checks.schedule import reference_lrs
+from course_lib.grading.exercises import build_exercises, check_tag, load_exercises
+from course_lib.grading.grader import find_submissions, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+EXERCISES = ROOT / "exercises"
+SOURCES = EXERCISES / "src"
+ALL = {e.name: e for e in load_exercises(SOURCES)}
+SEEDS = (0, 1, 2)
+
+
+# ----- helpers ----------------------------------------------------------------------------------
+
+
+def definitions(name: str) -> dict:
+    """The functions and classes that the solution notebook of exercise ``name`` defines, with its
+    imports (top-level defs, classes and imports only; no demo runs)."""
+    nb = nbformat.read(EXERCISES / "solutions" / f"{name}.ipynb", as_version=4)
+    namespace: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.id.startswith("check-"):
+            continue
+        tree = ast.parse(cell.source)
+        keep = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))]
+        exec(compile(ast.Module(body=keep, type_ignores=[]), f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+def run_check(check: str, fn, seed: int) -> str:
+    """Run ``checks.<check>(fn, seed=seed)``; return what it printed."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        getattr(checks, check)(fn, seed=seed)
+    return out.getvalue()
+
+
+def failure(check: str, fn, seed: int) -> str:
+    """The message of the CheckFailed that ``checks.<check>(fn, seed=seed)`` must raise."""
+    with pytest.raises(CheckFailed) as info:
+        run_check(check, fn, seed)
+    return str(info.value)
+
+
+# ----- the checks pass the solutions ------------------------------------------------------------
+
+SOLVED = [(e.name, spec.name) for e in ALL.values() for spec in e.checks]
+CHECKED_FUNCTION = {  # check -> the name its cell passes to it
+    "adam_step_uncorrected": "adam_step",
+    "lion_optimizer": "Lion",
+}
+
+
+@pytest.mark.parametrize("exercise, check", SOLVED, ids=[c for _, c in SOLVED])
+def test_solution_passes_its_check(exercise: str, check: str):
+    fn = definitions(exercise)[CHECKED_FUNCTION.get(check, check)]
+    for seed in SEEDS:
+        assert run_check(check, fn, seed).startswith(f"\u2713 {check} passed")
+
+
+def test_every_check_cell_calls_its_check_on_the_function_tested_here():
+    for exercise in ALL.values():
+        cells = {c.id: c.source for c in exercise.student_notebook().cells}
+        for spec in exercise.checks:
+            call = f"checks.{spec.name}({CHECKED_FUNCTION.get(spec.name, spec.name)})"
+            assert call in cells[spec.cell_id], (exercise.name, spec.name)
+
+
+# ----- plausible wrong answers fail the check meant to catch them -------------------------------
+
+
+def _rmsprop(theta, grad, v, *, lr, alpha, eps, eps_inside=False, swap=False, unsquared=False, old_v=False):
+    new_v = (1 - alpha) * v + alpha * grad**2 if swap else alpha * v + (1 - alpha) * (grad if unsquared else grad**2)
+    denom = (new_v + eps).sqrt() if eps_inside else (v if old_v else new_v).sqrt() + eps
+    return theta - lr * grad / denom, new_v
+
+
+def _adam(theta, grad, m, v, t, *, lr, beta1, beta2, eps, bias_correction=True, mistake=""):
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad**2
+    if not bias_correction or mistake == "no correction":
+        return theta - lr * m / (v.sqrt() + eps), m, v
+    step = t + 1 if mistake == "t+1" else t
+    b1, b2 = 1 - beta1**step, 1 - beta2**step
+    if mistake == "eps inside":
+        return theta - lr * (m / b1) / (v / b2 + eps).sqrt(), m, v
+    if mistake == "eps before correction":
+        return theta - lr * (m / b1) / ((v.sqrt() + eps) / math.sqrt(b2)), m, v
+    return theta - lr * (m / b1) / ((v / b2).sqrt() + eps), m, v
+
+
+def _adamw(theta, grad, m, v, t, *, lr, beta1, beta2, eps, weight_decay, mistake=""):
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    if mistake == "l2":
+        return _adam(theta, grad + weight_decay * theta, m, v, t, **hyper)
+    if mistake == "after":
+        theta, m, v = _adam(theta, grad, m, v, t, **hyper)
+        return theta * (1 - lr * weight_decay), m, v
+    factor = {"sign": 1 + lr * weight_decay, "no lr": 1 - weight_decay}.get(mistake, 1 - lr * weight_decay)
+    return _adam(theta * factor, grad, m, v, t, **hyper)
+
+
+def _warmup_cosine(step, *, peak_lr, warmup_steps, total_steps, min_lr, mistake=""):
+    if step < warmup_steps:
+        return peak_lr * (step + 1 if mistake == "warmup+1" else step) / warmup_steps
+    if step > total_steps and mistake != "no clamp":
+        return min_lr
+    shift = 1 if mistake == "cosine+1" else 0
+    progress = (step - warmup_steps + shift) / (total_steps - warmup_steps)
+    floor = 0.0 if mistake == "no floor" else min_lr
+    return floor + (peak_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lion(theta, grad, m, *, lr, beta1, beta2, weight_decay, mistake=""):
+    decay = {"sign": 1 + lr * weight_decay, "no lr": 1 - weight_decay}.get(mistake, 1 - lr * weight_decay)
+    theta = theta * decay
+    if mistake == "momentum first":
+        m = beta2 * m + (1 - beta2) * grad
+        return theta - lr * torch.sign(beta1 * m + (1 - beta1) * grad), m
+    if mistake == "sign of momentum":
+        m = beta2 * m + (1 - beta2) * grad
+        return theta - lr * torch.sign(m), m
+    c1 = beta2 if mistake == "swapped" else beta1
+    c2 = beta1 if mistake == "swapped" else beta2
+    return theta - lr * torch.sign(c1 * m + (1 - c1) * grad), c2 * m + (1 - c2) * grad
+
+
+def _wrong_run_rmsprop(loss_fn, x0, *, lr, alpha, eps, n_steps):
+    """Forgets the running average between steps."""
+    x, positions = x0.clone(), [x0.clone()]
+    for _ in range(n_steps):
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(x), x)
+        x, _ = _rmsprop(x.detach(), grad, torch.zeros_like(x), lr=lr, alpha=alpha, eps=eps)
+        positions.append(x)
+    return torch.stack(positions)
+
+
+def _scheduler(mistake):
+    def build(optimizer, *, warmup_steps, total_steps, min_lr):
+        peak = optimizer.param_groups[0]["lr"]
+
+        def factor(s):
+            value = _warmup_cosine(s, peak_lr=peak, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=min_lr)
+            return value if mistake == "absolute" else value / peak
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if mistake != "list" else [factor]
+
+    return build
+
+
+def _lion_class(mistake):
+    class Lion(torch.optim.Optimizer):
+        def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+            super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                lr = self.defaults["lr"] if mistake == "default lr" else group["lr"]
+                for p in group["params"]:
+                    grad = p.grad if p.grad is not None else (torch.zeros_like(p) if mistake == "no grad" else None)
+                    if grad is None:
+                        continue
+                    m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                    new, self.state[p]["exp_avg"] = _lion(
+                        p, grad, m, lr=lr, beta1=group["betas"][0], beta2=group["betas"][1],
+                        weight_decay=group["weight_decay"],
+                    )  # fmt: skip
+                    p.copy_(new)
+
+    return Lion
+
+
+def _heavy_ball(theta, grad, v, buf, *, lr, alpha, eps, momentum):
+    """torch's RMSprop momentum instead of Nesterov's."""
+    v = alpha * v + (1 - alpha) * grad**2
+    buf = momentum * buf + grad / (v.sqrt() + eps)
+    return theta - lr * buf, v, buf
+
+
+def _kw(fn, **fixed):
+    def wrapped(*args, **kwargs):
+        return fn(*args, **kwargs, **fixed)
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def _first_index(mistake):
+    def steps_to_reach(losses, threshold):
+        if mistake == "<=":
+            hits = [i for i, x in enumerate(losses) if x <= threshold]
+        else:
+            hits = [i for i, x in enumerate(losses) if x < threshold]
+        if mistake == "+1":
+            return hits[0] + 1 if hits else None
+        if mistake == "-1 for never":
+            return hits[0] if hits else -1
+        if mistake == "last":
+            return hits[-1] if hits else None
+        return hits[0] if hits else None
+
+    return steps_to_reach
+
+
+WRONG = [
+    # (check, wrong implementation, a phrase the feedback must contain)
+    ("rmsprop_step", _kw(_rmsprop, eps_inside=True), "eps goes outside the square root"),
+    ("rmsprop_step", _kw(_rmsprop, swap=True), "1 - alpha"),
+    ("rmsprop_step", _kw(_rmsprop, unsquared=True), "grad**2"),
+    ("rmsprop_step", _kw(_rmsprop, old_v=True), "updated square_avg"),
+    ("rmsprop_step", lambda theta, grad, v, **h: tuple(x.float() for x in _rmsprop(theta, grad, v, **h)), "dtype"),
+    ("rmsprop_step", lambda theta, grad, v, **h: _rmsprop(theta, grad, v, **h)[0], "should return a tuple"),
+    ("run_rmsprop", _wrong_run_rmsprop, "positions differs"),
+    ("run_rmsprop", lambda loss_fn, x0, **h: _wrong_run_rmsprop(loss_fn, x0, **h)[1:], "has shape"),
+    ("steps_to_reach", _first_index("<="), "strictly below"),
+    ("steps_to_reach", _first_index("+1"), "index 0 is the start"),
+    ("steps_to_reach", _first_index("-1 for never"), "return None"),
+    ("steps_to_reach", _first_index("last"), "expected"),
+    ("rmsprop_nesterov_step", _heavy_ball, "heavy-ball"),
+    ("adam_step", _kw(_adam, mistake="no correction"), "not bias-corrected"),
+    ("adam_step", _kw(_adam, mistake="eps inside"), "outside the square root"),
+    ("adam_step", _kw(_adam, mistake="eps before correction"), "add eps after correcting v"),
+    ("adam_step", _kw(_adam, mistake="t+1"), "starting at 1"),
+    ("adam_step_uncorrected", lambda *a, bias_correction=True, **h: _adam(*a, **h), "use m and v as they are"),
+    ("uncorrected_ratio", lambda t, b1, b2: (1 - b1) / math.sqrt(1 - b2), "depends on t"),
+    ("uncorrected_ratio", lambda t, b1, b2: math.sqrt(1 - b2**t) / (1 - b1**t), "inverse"),
+    ("uncorrected_ratio", lambda t, b1, b2: (1 - b1**t) / (1 - b2**t), "square root"),
+    ("adamw_step", _kw(_adamw, mistake="l2"), "L2 regularization"),
+    ("adamw_step", _kw(_adamw, mistake="sign"), "not (1 + lr * weight_decay)"),
+    ("adamw_step", _kw(_adamw, mistake="no lr"), "scale the decay by the learning rate"),
+    ("adamw_step", _kw(_adamw, mistake="after"), "decay theta as you were given it"),
+    ("adam_l2_step", _adamw, "add weight_decay * theta to the gradient first"),
+    ("adamw_shrink", lambda n, lr, wd: math.exp(-lr * wd * n), "compound it"),
+    ("adamw_shrink", lambda n, lr, wd: (1 - wd) ** n, "with the learning rate in it"),
+    ("adamw_shrink", lambda n, lr, wd: 1 - lr * wd * n, "do not add up"),
+    ("warmup_cosine_lr", _kw(_warmup_cosine, mistake="warmup+1"), "peak_lr * s / warmup_steps"),
+    ("warmup_cosine_lr", _kw(_warmup_cosine, mistake="no clamp"), "stays at min_lr"),
+    ("warmup_cosine_lr", _kw(_warmup_cosine, mistake="no floor"), "not to 0"),
+    ("warmup_cosine_lr", _kw(_warmup_cosine, mistake="cosine+1"), "expected"),
+    ("warmup_cosine_scheduler", _scheduler("absolute"), "return a factor"),
+    ("warmup_cosine_scheduler", _scheduler("list"), "should return a torch.optim.lr_scheduler"),
+    ("lion_step", _kw(_lion, mistake="momentum first"), "update m only afterwards"),
+    ("lion_step", _kw(_lion, mistake="sign of momentum"), "not the updated momentum"),
+    ("lion_step", _kw(_lion, mistake="swapped"), "beta2 * m + (1 - beta2) * grad"),
+    ("lion_step", _kw(_lion, mistake="sign"), "multiply by (1 - lr * weight_decay)"),
+    ("lion_step", _kw(_lion, mistake="no lr"), "scale the decay by the learning rate"),
+    ("lion_optimizer", _lion_class("default lr"), "group 1"),
+    ("lion_optimizer", _lion_class("no grad"), "parameter 1"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", WRONG, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(WRONG)])
+def test_plausible_wrong_answer_fails_its_check_with_useful_feedback(check, wrong, phrase):
+    for seed in SEEDS:
+        message = failure(check, wrong, seed)
+        assert phrase in message, message
+        assert f"seed={seed}" in message
+
+
+def test_feedback_names_expected_returned_and_input_and_is_reproducible():
+    first = failure("rmsprop_step", _kw(_rmsprop, eps_inside=True), seed=7)
+    assert "expected" in first and "got" in first and "on input" in first and "theta = tensor(" in first
+    assert first == failure("rmsprop_step", _kw(_rmsprop, eps_inside=True), seed=7)
+
+
+def test_a_replayed_answer_passes_only_on_the_inputs_it_was_recorded_on():
+    solution = definitions("04_warmup_cosine")["warmup_cosine_lr"]
+    answers: list = []
+
+    def recorder(step, **schedule):
+        answers.append(solution(step, **schedule))
+        return answers[-1]
+
+    run_check("warmup_cosine_lr", recorder, seed=3)
+    replay = iter(list(answers))
+
+    def warmup_cosine_lr(step, **schedule):
+        return next(replay, 0.0)
+
+    run_check("warmup_cosine_lr", warmup_cosine_lr, seed=3)  # same inputs, same answers: passes
+    replay = iter(list(answers))
+    failure("warmup_cosine_lr", warmup_cosine_lr, seed=4)  # other inputs: fails
+
+
+def test_fresh_runs_draw_fresh_seeds_and_bad_arguments_are_rejected():
+    assert len({Trials("x", len, None, 1).seed for _ in range(5)}) > 1
+    with pytest.raises(ValueError, match="seed"):
+        checks.rmsprop_step(definitions("01_rmsprop")["rmsprop_step"], seed=-1)
+    with pytest.raises(ValueError, match="trials"):
+        checks.rmsprop_step(definitions("01_rmsprop")["rmsprop_step"], trials=0)
+    with pytest.raises(CheckFailed, match="expected your function"):
+        checks.lion_step(None)
+
+
+def test_student_exceptions_become_feedback_but_interrupts_are_not_swallowed():
+    def raises(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    assert "raised RuntimeError: boom" in failure("lion_step", raises, seed=0)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checks.lion_step(interrupted, seed=0)
+
+
+def test_check_failure_shows_a_message_not_a_traceback_in_jupyter():
+    error = CheckFailed("lion_step", "line one\nline two")
+    assert error._render_traceback_() == ["\u2717 check lion_step failed", "line one", "line two"]
+
+
+# ----- the references -----------------------------------------------------------------------------
+
+
+def test_lion_reference_matches_the_update_worked_by_hand():
+    theta, grad, m = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 0.4, -0.2]), torch.tensor([-0.5, 0.1, 0.1])
+    new_theta, new_m = lion_reference(theta, grad, m, lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.5)
+    # decay: theta * 0.95 = [0.95, -1.9, 0.475]; c = 0.9 m + 0.1 g = [-0.42, 0.13, 0.07] -> sign [-1, 1, 1]
+    torch.testing.assert_close(new_theta, torch.tensor([1.05, -2.0, 0.375]))
+    torch.testing.assert_close(new_m, torch.tensor([-0.492, 0.103, 0.097]))
+
+
+def test_schedule_reference_matches_the_closed_form():
+    lrs = reference_lrs(peak_lr=2.0, warmup_steps=4, total_steps=10, min_lr=0.5, n_steps=14)
+    assert lrs[:4] == [0.0, 0.5, 1.0, 1.5]
+    for s in range(4, 11):
+        assert lrs[s] == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)), rel=1e-12)
+    assert lrs[10:] == pytest.approx([0.5] * 4)
+
+
+# ----- the builder ------------------------------------------------------------------------------
+
+
+def test_committed_notebooks_are_what_the_sources_generate(tmp_path: Path):
+    assert main(["build-exercises", "--src", str(SOURCES), "--out", str(EXERCISES), "--check"]) == 0, (
+        "the exercise notebooks are out of date: run `python -m course_lib.grading build-exercises`"
+    )
+    written = build_exercises(SOURCES, tmp_path)
+    assert len(written) == 4 * len(ALL)
+    for path in written:  # byte for byte, as jupytext --sync writes them (the .md header names its version)
+        assert path.read_text() == (EXERCISES / path.relative_to(tmp_path)).read_text(), path.name
+    (tmp_path / "01_rmsprop.md").write_text("stale")
+    assert build_exercises(SOURCES, tmp_path, check=True) == [tmp_path / "01_rmsprop.md"]
+    assert (tmp_path / "01_rmsprop.md").read_text() == "stale"
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_generated_notebooks_hide_solutions_and_keep_checks(name: str):
+    student = nbformat.read(EXERCISES / f"{name}.ipynb", as_version=4)
+    solution = nbformat.read(EXERCISES / "solutions" / f"{name}.ipynb", as_version=4)
+    assert [c.id for c in student.cells] == [c.id for c in solution.cells]
+    source_text = (SOURCES / f"{name}.md").read_text()
+    n_blocks = source_text.count("# BEGIN SOLUTION")
+    student_code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    assert student_code.count('raise NotImplementedError("Exercise: ') == n_blocks > 0
+    for nb in (student, solution):
+        text = json.dumps(nb)
+        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code)
+        assert code[0].source.startswith("# Colab: install course_lib (does nothing elsewhere)")
+        assert nb.metadata["jupytext"]["formats"] == "ipynb,md:myst"
+    for spec in ALL[name].checks:
+        cell = next(c for c in student.cells if c.id == spec.cell_id)
+        assert check_tag(spec.name) in cell.metadata["tags"] and cell.metadata["points"] == spec.points
+        assert cell.metadata["editable"] is False and cell.metadata["deletable"] is False
+        assert cell.source == next(c for c in solution.cells if c.id == spec.cell_id).source
+    solution_code = "\n".join(c.source for c in solution.cells if c.cell_type == "code")
+    assert "NotImplementedError(" not in solution_code
+    assert "Write your answer here" in json.dumps(student) and "Write your answer here" not in json.dumps(solution)
+
+
+def _source(body: str) -> str:
+    header = "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n---\n\n"
+    return header + "# Title\n\n" + body
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ("```{code-cell} ipython3\ndef f():\n    # BEGIN SOLUTION\n    return 1\n```\n", "without END"),
+        ("```{code-cell} ipython3\n# END SOLUTION\n```\n", "without BEGIN"),
+        ("```{code-cell} ipython3\n:tags: [check:f]\n\nchecks.f(f)\n```\n", "points"),
+        ("```{code-cell} ipython3\n:tags: [check:f]\n:points: 1\n\n# BEGIN SOLUTION\n# END SOLUTION\n```\n", "markers"),
+        ("<!-- BEGIN SOLUTION -->\nanswer\n", "without an END"),
+    ],
+)
+def test_malformed_sources_are_rejected(tmp_path: Path, body: str, error: str):
+    (tmp_path / "01_bad.md").write_text(_source(body))
+    with pytest.raises(ValueError, match=error):
+        for exercise in load_exercises(tmp_path):
+            exercise.student_notebook()
+
+
+def test_a_check_name_belongs_to_one_exercise(tmp_path: Path):
+    cell = "```{code-cell} ipython3\n:tags: [check:f]\n:points: 1\n\nchecks.f(f)\n```\n"
+    (tmp_path / "01_a.md").write_text(_source(cell))
+    (tmp_path / "02_b.md").write_text(_source(cell))
+    with pytest.raises(ValueError, match="appears in both"):
+        load_exercises(tmp_path)
+
+
+def test_stub_message_names_the_enclosing_function_or_uses_the_marker_text(tmp_path: Path):
+    body = (
+        "```{code-cell} ipython3\nclass A:\n    def go(self):\n        # BEGIN SOLUTION\n        return 1\n"
+        "        # END SOLUTION\n\n\ndef f():\n    # BEGIN SOLUTION: compute the thing\n    return 2\n"
+        "    # END SOLUTION\n```\n"
+    )
+    (tmp_path / "01_stub.md").write_text(_source(body))
+    (exercise,) = load_exercises(tmp_path)
+    code = exercise.student_notebook().cells[1].source
+    assert '        raise NotImplementedError("Exercise: implement go")' in code
+    assert '    raise NotImplementedError("Exercise: compute the thing")' in code
+    assert "return" not in code
+    assert "return 1" in exercise.solution_notebook().cells[1].source
+
+
+# ----- preparing submissions (no kernel) --------------------------------------------------------
+
+
+def _student(name: str = "05_lion") -> nbformat.NotebookNode:
+    return nbformat.read(EXERCISES / f"{name}.ipynb", as_version=4)
+
+
+def _code_sources(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def test_prepare_replaces_edited_checks_and_puts_deleted_ones_back():
+    exercise, nb = ALL["05_lion"], _student()
+    template = exercise.student_notebook()
+    ids = [c.id for c in nb.cells]
+    nb.cells[ids.index("check-lion_optimizer")].source = "print('all good')"
+    del nb.cells[ids.index("check-lion_step")]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="old output")]
+    prepared, checks_at, notes = prepare(nb, exercise)
+    assert [c.id for c in prepared.cells] == [c.id for c in template.cells]
+    assert [c.source for c in prepared.cells] == [c.source for c in template.cells]
+    assert sorted(s.name for s in checks_at.values()) == ["lion_optimizer", "lion_step"]
+    code = _code_sources(prepared)
+    assert all(f"checks.{spec.name}(" in code[i] for i, spec in checks_at.items())
+    assert any("lion_optimizer: the cell was edited" in n for n in notes)
+    assert any("lion_step: the cell was missing and was put back" in n for n in notes)
+    assert all(not c.get("outputs") for c in prepared.cells)
+
+
+def test_prepare_recognises_check_cells_that_lost_their_tag_or_id():
+    exercise, nb = ALL["05_lion"], _student()
+    ids = [c.id for c in nb.cells]
+    nb.cells[ids.index("check-lion_step")].metadata = {}
+    anonymous = nb.cells[ids.index("check-lion_optimizer")]
+    anonymous.metadata, anonymous.id = {}, "renamed"
+    prepared, checks_at, notes = prepare(nb, exercise)
+    assert [c.source for c in prepared.cells] == [c.source for c in exercise.student_notebook().cells]
+    assert sorted(s.name for s in checks_at.values()) == ["lion_optimizer", "lion_step"]
+    assert any("lion_step: its cell had lost its tag and was recognised by its id" in n for n in notes)
+    assert any("lion_optimizer: its cell had lost its tag and was recognised by its call" in n for n in notes)
+
+
+def test_prepare_prefers_the_original_check_cell_to_a_pasted_copy():
+    exercise, nb = ALL["05_lion"], _student()
+    original = next(i for i, c in enumerate(nb.cells) if c.id == "check-lion_step")
+    pasted = copy.deepcopy(nb.cells[original])
+    pasted.id, pasted.source = "pasted", "checks.lion_step(lambda *args, **kwargs: None)"
+    nb.cells.insert(original, pasted)
+    prepared, checks_at, notes = prepare(nb, exercise)
+    assert prepared.cells[original].source == pasted.source
+    assert check_tag("lion_step") not in prepared.cells[original].metadata["tags"]
+    assert prepared.cells[original + 1].id == "check-lion_step"
+    assert sorted(s.name for s in checks_at.values()) == ["lion_optimizer", "lion_step"]
+    assert any("carried a check tag but is not a check cell" in n for n in notes)
+
+
+def test_prepare_handles_old_notebooks_without_cell_ids():
+    exercise, nb = ALL["04_warmup_cosine"], _student("04_warmup_cosine")
+    nb.nbformat_minor = 4
+    for cell in nb.cells:
+        del cell["id"]
+    prepared, checks_at, _ = prepare(nb, exercise)
+    nbformat.validate(prepared)
+    assert sorted(s.name for s in checks_at.values()) == ["warmup_cosine_lr", "warmup_cosine_scheduler"]
+
+
+def test_find_submissions_reads_student_names_from_folders_or_prefixes(tmp_path: Path):
+    for relative in [
+        "alice/01_rmsprop.ipynb",
+        "alice/.ipynb_checkpoints/01_rmsprop-checkpoint.ipynb",
+        "bob__02_adam_bias_correction.ipynb",
+        "bob__02-copy.ipynb",
+        "carol/03_adamw-Copy1.ipynb",
+        "carol/03_adamw.ipynb",
+        "nobody.ipynb",
+        "dave/99_unknown.ipynb",
+    ]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("{}")
+    found, warnings = find_submissions(tmp_path, list(ALL.values()))
+    assert [(s.student, s.exercise.name, s.path.name) for s in found] == [
+        ("alice", "01_rmsprop", "01_rmsprop.ipynb"),
+        ("bob", "02_adam_bias_correction", "bob__02_adam_bias_correction.ipynb"),
+        ("carol", "03_adamw", "03_adamw.ipynb"),
+    ]
+    assert len(warnings) == 4  # bob's copy, carol's copy, no student name, unknown exercise
+    with pytest.raises(ValueError, match="not a directory"):
+        find_submissions(tmp_path / "missing", list(ALL.values()))
+
+
+# ----- grading end to end -----------------------------------------------------------------------
+
+LOOPING_LION = """
+class Lion(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    def step(self, closure=None):
+        while True:  # never ends
+            pass
+"""
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict:
+    """One run of the real command on a batch of submissions: every solution, every untouched student
+    notebook, a tampered and looping notebook, and two files that cannot be graded."""
+    folder = tmp_path_factory.mktemp("submissions")
+    (folder / "solution").mkdir()
+    (folder / "untouched").mkdir()
+    for name in ALL:
+        shutil.copy(EXERCISES / "solutions" / f"{name}.ipynb", folder / "solution" / f"{name}.ipynb")
+        shutil.copy(EXERCISES / f"{name}.ipynb", folder / "untouched" / f"{name}.ipynb")
+    # Mallory solves lion_step but deletes its check cell; her Lion class loops forever and she edits its
+    # check cell to print a pass. She deletes the demo after it.
+    nb, solved = _student(), nbformat.read(EXERCISES / "solutions" / "05_lion.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.id != "check-lion_step"]
+    cells = cells[: next(i for i, c in enumerate(cells) if c.id == "check-lion_optimizer") + 1]
+    for cell in cells:
+        if "def lion_step" in cell.source:
+            cell.source = next(c.source for c in solved.cells if "def lion_step" in c.source)
+        elif "class Lion" in cell.source:
+            cell.source = LOOPING_LION
+        elif cell.id == "check-lion_optimizer":
+            cell.source = "print('\u2713 lion_optimizer passed')"
+    nb.cells = cells
+    nbformat.write(nb, folder / "mallory__05_lion.ipynb")
+    (folder / "zoe__01_rmsprop.ipynb").write_text("this is not a notebook")
+    (folder / "stray.ipynb").write_text("{}")
+    out, reports = folder.parent / "gradebook.csv", folder.parent / "reports"
+    command = [
+        sys.executable, "-m", "course_lib.grading", "grade", str(folder), "--out", str(out),
+        "--report-dir", str(reports), "--exercises", str(SOURCES), "--cell-timeout", "20", "--jobs", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with open(out, newline="") as handle:
+        rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
+    return {"rows": rows, "reports": reports, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_every_solution_gets_full_marks_bonus_included(graded):
+    for name, exercise in ALL.items():
+        row = graded["rows"][("solution", name)]
+        assert {spec.name: int(row[spec.name]) for spec in exercise.checks} == {
+            spec.name: spec.points for spec in exercise.checks
+        }
+        assert int(row["total"]) == sum(spec.points for spec in exercise.checks)
+        assert int(row["max_points"]) == exercise.max_points
+
+
+def test_every_untouched_student_notebook_gets_zero_with_feedback(graded):
+    for name, exercise in ALL.items():
+        row = graded["rows"][("untouched", name)]
+        assert int(row["total"]) == 0 and all(row[spec.name] == "0" for spec in exercise.checks)
+    report = (graded["reports"] / "untouched.md").read_text()
+    assert report.count("| failed |") == sum(len(e.checks) for e in ALL.values())
+    assert "NotImplementedError: Exercise: implement lion_step" in report
+
+
+def test_edited_checks_are_replaced_and_deleted_checks_put_back(graded):
+    row = graded["rows"][("mallory", "05_lion")]
+    assert (row["lion_step"], row["lion_optimizer"], row["total"]) == ("4", "0", "4")
+    report = (graded["reports"] / "mallory.md").read_text()
+    assert "lion_optimizer: the cell was edited; the instructor's version was run" in report
+    assert "lion_step: the cell was missing and was put back" in report
+
+
+def test_a_looping_submission_is_stopped_by_the_timeout_and_costs_only_its_check(graded):
+    report = (graded["reports"] / "mallory.md").read_text()
+    assert "| lion_optimizer | 0 / 2 | timed out |" in report and "Timeout of 20" in report
+    assert "| lion_step | 4 / 4 | passed |" in report
+
+
+def test_unreadable_and_unattributable_files_do_not_stop_the_run(graded):
+    row = graded["rows"][("zoe", "01_rmsprop")]
+    assert row["total"] == "0"
+    assert "could not be read" in (graded["reports"] / "zoe.md").read_text()
+    assert "stray.ipynb: no student name" in graded["stderr"]
+    assert "graded 12 submissions of 4 students" in graded["stdout"]

@@ -1,0 +1,207 @@
+"""course_lib.optim.lookahead.Lookahead against a hand-written Lookahead loop around torch.optim."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from course_lib.optim.adam import Adam
+from course_lib.optim.lookahead import Lookahead
+
+STEPS = 23  # not a multiple of k: the run ends between two slow updates
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are tiny: one thread beats waking a second one, by far on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_params(seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(3, 4, generator=gen, dtype=F64), torch.randn((), generator=gen, dtype=F64),
+              torch.randn(5, 3, generator=gen, dtype=F64).t(), torch.randn(6, generator=gen, dtype=F64)]
+    return [p.requires_grad_() for p in params]
+
+
+def set_grads(params: list[torch.Tensor], t: int) -> None:
+    """Seeded noise plus a pull towards 0; parameter 1 has no gradient every third step."""
+    gen = torch.Generator().manual_seed(100 + t)
+    for i, p in enumerate(params):
+        noise = torch.randn(p.shape, generator=gen, dtype=F64)
+        p.grad = None if i == 1 and t % 3 == 0 else noise + 0.5 * p.detach()
+
+
+def groups(params: list[torch.Tensor]) -> list[dict]:
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
+
+
+def lr_factor(t: int) -> float:
+    return 1 / (1 + 0.1 * t)
+
+
+def run(opt, params, steps: int = STEPS, start: int = 0):
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor, last_epoch=start - 1)
+    for t in range(start, start + steps):
+        set_grads(params, t)
+        opt.step()
+        sched.step()
+    return opt
+
+
+def hand_written_lookahead(make_inner, k: int, alpha: float) -> list[torch.Tensor]:
+    """Zhang et al. 2019, Algorithm 1: k fast steps of the inner optimizer, then
+    slow <- slow + alpha (fast - slow), fast <- slow."""
+    fast = make_params()
+    slow = [p.detach().clone() for p in fast]
+    inner = make_inner(groups(fast))
+    sched = torch.optim.lr_scheduler.LambdaLR(inner, lr_factor)
+    for t in range(STEPS):
+        set_grads(fast, t)
+        inner.step()
+        sched.step()
+        if (t + 1) % k == 0:
+            with torch.no_grad():
+                for p, s in zip(fast, slow):
+                    s += alpha * (p - s)
+                    p.copy_(s)
+    return fast
+
+
+INNER = {
+    "SGD": lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, foreach=False),
+    "Adam": lambda g: torch.optim.Adam(g, lr=0.01, foreach=False),
+    "course Adam": lambda g: Adam(g, lr=0.01),
+}
+
+
+@pytest.mark.parametrize("k, alpha", [(5, 0.5), (1, 0.8), (3, 0.25)])
+@pytest.mark.parametrize("inner", list(INNER))
+def test_trajectory_equals_the_hand_written_loop(inner, k, alpha):
+    params = make_params()
+    opt = run(Lookahead(INNER[inner](groups(params)), k=k, alpha=alpha), params)
+    expected = hand_written_lookahead(INNER[inner], k, alpha)
+    for p, q in zip(params, expected):
+        torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-14)
+    assert opt.fast_steps == STEPS
+
+
+def test_alpha_one_is_the_inner_optimizer_alone():
+    params, ref = make_params(), make_params()
+    run(Lookahead(torch.optim.SGD(groups(params), lr=0.05, momentum=0.9), k=4, alpha=1.0), params)
+    run(torch.optim.SGD(groups(ref), lr=0.05, momentum=0.9), ref)
+    for p, q in zip(params, ref):
+        assert torch.equal(p, q)
+
+
+def test_alpha_zero_returns_to_the_start_every_k_steps():
+    params = make_params()
+    start = [p.detach().clone() for p in params]
+    opt = Lookahead(torch.optim.SGD(groups(params), lr=0.05), k=4, alpha=0.0)
+    for t in range(8):
+        set_grads(params, t)
+        opt.step()
+        assert all(torch.equal(p, s) for p, s in zip(params, start)) == ((t + 1) % 4 == 0)
+
+
+def test_param_groups_are_shared_so_schedulers_reach_the_inner_optimizer():
+    params = make_params()
+    inner = torch.optim.SGD(groups(params), lr=0.1)
+    opt = Lookahead(inner, k=3)
+    assert opt.param_groups is inner.param_groups
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    set_grads(params, 0)
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in inner.param_groups] == [0.05, 0.01]
+    extra = torch.zeros(2, dtype=F64, requires_grad=True)
+    opt.add_param_group({"params": [extra], "lr": 0.3})
+    assert inner.param_groups[-1]["params"] == [extra] and inner.param_groups[-1]["momentum"] == 0
+    extra.grad = torch.ones(2, dtype=F64)
+    opt.step()  # the new parameter's slow copy is taken before its first step
+    assert torch.equal(opt.state[extra]["slow"], torch.zeros(2, dtype=F64))
+    assert torch.equal(extra.detach(), torch.full((2,), -0.3, dtype=F64))
+
+
+def test_closure_and_zero_grad_go_through():
+    p = torch.tensor([1.0, -1.0], dtype=F64, requires_grad=True)
+    opt = Lookahead(torch.optim.SGD([p], lr=0.1))
+
+    def closure():
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure).detach()) == 2.0
+    torch.testing.assert_close(p.detach(), torch.tensor([0.8, -0.8], dtype=F64))
+    opt.zero_grad()
+    assert p.grad is None
+
+
+@pytest.mark.parametrize("inner", ["SGD", "course Adam"])
+def test_state_dict_survives_save_and_weights_only_load(inner):
+    straight = make_params()
+    run(Lookahead(INNER[inner](groups(straight)), k=3, alpha=0.6), straight, steps=14)
+
+    params = make_params()
+    opt = run(Lookahead(INNER[inner](groups(params)), k=3, alpha=0.6), params, steps=7)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = [p.detach().clone().requires_grad_() for p in params]
+    new = Lookahead(INNER[inner](groups(fresh)), k=5, alpha=0.1)  # k and alpha come from the state
+    new.load_state_dict(torch.load(buffer, weights_only=True))
+    assert (new.k, new.alpha, new.fast_steps) == (3, 0.6, 7)
+    assert new.param_groups is new.optimizer.param_groups
+    assert len(new.optimizer.state) == len(opt.optimizer.state)  # the inner state came along
+    run(new, fresh, steps=7, start=7)
+    for p, q in zip(fresh, straight):
+        assert torch.equal(p, q)
+
+
+def test_a_deep_copy_steps_like_the_original():
+    params = make_params()
+    opt = run(Lookahead(torch.optim.SGD(groups(params), lr=0.05, momentum=0.9), k=3), params, steps=4)
+    twin = copy.deepcopy(opt)
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    assert twin.param_groups is twin.optimizer.param_groups and twin.k == 3 and twin.fast_steps == 4
+    run(opt, params, steps=5, start=4)
+    run(twin, twin_params, steps=5, start=4)
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q) and p is not q
+
+
+def test_grad_scaler_skips_the_whole_step_on_inf():
+    p = torch.ones(3, requires_grad=True)
+    opt = Lookahead(torch.optim.SGD([p], lr=0.1), k=1, alpha=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale((p**2).sum()).backward()
+    p.grad[0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), torch.ones(3)) and opt.fast_steps == 0
+    opt.zero_grad()
+    scaler.scale((p**2).sum()).backward()
+    scaler.step(opt)
+    torch.testing.assert_close(p.detach(), torch.full((3,), 0.9))  # slow 1 -> 1 + 0.5 (0.8 - 1)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(k=0), r"k must be an integer in \[1, inf\)"),
+    (dict(k=2.0), "k must be an integer"),
+    (dict(alpha=1.5), r"alpha must be in \[0.0, 1.0\]"),
+    (dict(alpha=-0.1), "alpha"),
+])
+def test_bad_hyperparameters_raise_value_error_naming_them(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Lookahead(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
+        Lookahead([torch.zeros(2, requires_grad=True)])
