@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -265,10 +266,15 @@ def markdown(report: dict) -> str:
         ratio, ratio_q1 = r["ratio_to_best_torch_loop_or_foreach"], r["ratio_at_lower_quartile"]
         lines.append(
             f"| {r['implementation']} | {r['path']} | {r['median_ms']:.1f} | {r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f} "
-            f"| {ratio:.2f} | {ratio_q1:.2f} | {r['bandwidth_GBps']:.1f} | {100 * r['fraction_of_copy_bandwidth']:.0f}% "
+            f"| {_ratio(ratio)} | {_ratio(ratio_q1)} | {r['bandwidth_GBps']:.1f} | {100 * r['fraction_of_copy_bandwidth']:.0f}% "
             f"| {r['state_MB']:.0f} | {r['peak_extra_MB']:.0f} | {r['page_faults_per_step']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    """A ratio to the best torch loop/foreach time, or a dash when neither of those was run (--only)."""
+    return "-" if value is None else f"{value:.2f}"
 
 
 def cpu_name() -> str:
@@ -292,6 +298,8 @@ def main() -> None:
     parser.add_argument("--out", action="append", default=[], help="write the table to this .json or .md file")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error(f"--repeats must be at least 2 (a median and quartiles need two samples), got {args.repeats}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -308,6 +316,8 @@ def main() -> None:
     memory = {name: measure_memory(name, args) for name in names}
     times, faults, paths, copy_bw = time_interleaved(names, device, args.repeats, args.warmup, tile_size)
     report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + shlex.join(sys.argv),
         "device": args.device,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
