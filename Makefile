@@ -48,7 +48,7 @@ chromium:
 	  { echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path/to/chrome)."; exit 1; }
 
 test-notebooks: venv
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+	COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
 sync: venv
 	$(BIN)/jupytext --sync $$(grep -l '^jupytext:' lessons/*.md exercises/*.md exercises/*/*.md 2>/dev/null)

@@ -90,3 +90,31 @@ def test_every_lesson_is_in_the_table_of_contents_and_every_entry_exists():
     for md in SOURCES:
         if md.parent.name == "lessons":
             assert str(md.relative_to(ROOT).with_suffix("")) in entries, f"{md.name} is not in _toc.yml"
+
+
+def test_environment_yml_installs_the_pinned_versions():
+    """environment.yml (conda) and make (pip) install the same versions: conda brings Python and pip,
+    pip brings the rest under requirements/constraints.txt."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    python = next(d for d in conda if d.startswith("python"))
+    assert python.split("=")[-1] in {"3.11", "3.12"}
+    assert pip == ["-c requirements/constraints.txt", "-e .[dev]"]
+    pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements/constraints.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    # nothing that pip pins may come from conda too, where its version would go unchecked
+    names = {re.split(r"[=<>]", d)[0].lower() for d in conda}
+    assert not names & pinned, names & pinned
+    assert "torch" in pinned
+
+
+@pytest.mark.parametrize("md", [p for p in SOURCES if p.parent.name == "lessons"], ids=lambda p: p.name)
+def test_each_lesson_says_how_to_run_it(md: Path):
+    """The box at the top of every lesson: book, Colab, JupyterLab, and papermill with the lesson's own path."""
+    box = re.search(r":::\{admonition\} Run this lesson\n(.*?)\n:::", md.read_text(), flags=re.S)
+    assert box, f"{md.name}: no 'Run this lesson' box"
+    text = " ".join(box.group(1).split())
+    for words in ["Colab", "JupyterLab", "papermill"]:
+        assert words in text, f"{md.name}: the run box does not mention {words}"
+    assert f"lessons/{md.stem}.ipynb" in text, f"{md.name}: the papermill line should name lessons/{md.stem}.ipynb"
