@@ -59,10 +59,10 @@ def adafactor_update(
 
     .. math::
 
-        \rho_t &= \min(\gamma, 1/\sqrt t) \text{ (relative step; else } \gamma\text{)},\qquad
+        \rho_t &= \min(\eta, 1/\sqrt t) \text{ (relative step; else } \eta\text{)},\qquad
         \alpha_t = \max(\epsilon_2, \text{RMS}(\theta_{t-1}))\, \rho_t
             \text{ (parameter scaling; else } \rho_t\text{)} \\
-        \theta &\leftarrow (1 - \gamma\lambda)\, \theta, \qquad
+        \theta &\leftarrow (1 - \eta\lambda)\, \theta, \qquad
             \hat\beta_{2,t} = 1 - t^{\tau} \quad (\tau = \texttt{beta2\_decay} = -0.8) \\
         R_t &\leftarrow \hat\beta_{2,t} R_{t-1} + (1 - \hat\beta_{2,t})\,
             \text{mean}_\text{row}(G^2 [+\epsilon_1]), \qquad
@@ -83,7 +83,7 @@ def adafactor_update(
     variant a matrix whose mean :math:`G^2` is below :math:`\epsilon_1` (float32's 1.2e-7 by
     default) gets :math:`U_t` scaled up by :math:`\sqrt{\epsilon_1 / \text{mean}(R_t)}`, until
     the clipping to RMS :math:`d` stops it.
-    Weight decay is torch's (decoupled, scaled by :math:`\gamma`) in both; the paper has none.
+    Weight decay is torch's (decoupled, scaled by :math:`\eta`) in both; the paper has none.
     """
     rho = min(lr, 1 / math.sqrt(step)) if relative_step else lr
     alpha = max(eps2, _rms(param)) * rho if scale_parameter else rho
@@ -116,7 +116,7 @@ class Adafactor(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: :math:`\gamma \ge 0`: the cap of the relative step :math:`\rho_t = \min(\gamma, 1/\sqrt t)`
+        lr: :math:`\eta \ge 0`: the cap of the relative step :math:`\rho_t = \min(\eta, 1/\sqrt t)`
             (the paper's constant 0.01), the absolute step if ``relative_step=False``, and the
             scale of the weight decay.
         beta2_decay: :math:`\tau \le 0`; the second moment's average uses
@@ -125,14 +125,14 @@ class Adafactor(CourseOptimizer):
             second moment away from zero; ``None`` means the dtype's machine epsilon (torch)
             or 1e-30 (paper). :math:`\epsilon_2` is the smallest parameter scale.
         d: clipping threshold :math:`d \ge 1` for the RMS of the update.
-        weight_decay: :math:`\lambda \ge 0`, decoupled: :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`.
+        weight_decay: :math:`\lambda \ge 0`, decoupled: :math:`\theta \leftarrow (1 - \eta\lambda)\theta`.
         foreach: accepted for compatibility; the per-tensor loop always runs (as torch's
             default for Adafactor, which saves memory).
         maximize: ascend the objective instead of descending it.
         variant: ``"torch"`` (default) or ``"paper"``: where :math:`\epsilon_1` enters.
         beta1: momentum :math:`\beta_1 \in [0, 1)` of the scaled update, or ``None`` for none
             (the paper's memory-saving default).
-        relative_step: :math:`\rho_t = \min(\gamma, 1/\sqrt t)`; ``False`` uses :math:`\gamma`.
+        relative_step: :math:`\rho_t = \min(\eta, 1/\sqrt t)`; ``False`` uses :math:`\eta`.
         scale_parameter: multiply the step by :math:`\max(\epsilon_2, \text{RMS}(\theta))`.
 
     Hugging Face's ``Adafactor(lr=None, relative_step=True, scale_parameter=True,

@@ -29,15 +29,15 @@ def adagrad_update(
 ) -> None:
     r"""One Adagrad step on ``param``, in place.
 
-    At step :math:`t`, with learning rate :math:`\gamma`, decay :math:`\eta` and weight decay
+    At step :math:`t`, with learning rate :math:`\eta`, decay :math:`\delta` and weight decay
     :math:`\lambda`, the accumulator :math:`s` starts at ``initial_accumulator_value``:
 
     .. math::
 
         g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
-        \tilde\gamma_t &\leftarrow \gamma / (1 + (t - 1)\eta) \\
+        \tilde\eta_t &\leftarrow \eta / (1 + (t - 1)\delta) \\
         s_t &\leftarrow s_{t-1} + g_t^2 \\
-        \theta_t &\leftarrow \theta_{t-1} - \tilde\gamma_t \, \frac{g_t}{\sqrt{s_t} + \epsilon}
+        \theta_t &\leftarrow \theta_{t-1} - \tilde\eta_t \, \frac{g_t}{\sqrt{s_t} + \epsilon}
 
     Each coordinate's step shrinks as its squared gradients pile up: rarely-updated coordinates
     keep large steps, and every step size decays towards zero over a long run.
@@ -56,8 +56,8 @@ class Adagrad(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
-        lr_decay: :math:`\eta \ge 0`; the step size is :math:`\gamma / (1 + (t-1)\eta)`.
+        lr: learning rate :math:`\eta \ge 0`.
+        lr_decay: :math:`\delta \ge 0`; the step size is :math:`\eta / (1 + (t-1)\delta)`.
         weight_decay: L2 penalty :math:`\lambda \ge 0`, added to the gradient.
         initial_accumulator_value: starting value (:math:`\ge 0`) of the sum of squares.
         eps: :math:`\epsilon \ge 0`, added to the denominator.

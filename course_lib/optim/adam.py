@@ -33,16 +33,16 @@ def adam_update(
 ) -> None:
     r"""One Adam (or AdamW) step on ``param``, in place.
 
-    At step :math:`t`, with learning rate :math:`\gamma` and weight decay :math:`\lambda`:
+    At step :math:`t`, with learning rate :math:`\eta` and weight decay :math:`\lambda`:
 
     .. math::
 
         \text{Adam (L2):}\quad & g_t \leftarrow g_t + \lambda \theta_{t-1} \\
-        \text{AdamW (decoupled):}\quad & \theta_{t-1} \leftarrow (1 - \gamma\lambda)\, \theta_{t-1} \\
+        \text{AdamW (decoupled):}\quad & \theta_{t-1} \leftarrow (1 - \eta\lambda)\, \theta_{t-1} \\
         m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
         v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
         \hat v_t &\leftarrow \max(\hat v_{t-1}, v_t) \text{ (AMSGrad), else } v_t \\
-        \theta_t &\leftarrow \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \,
+        \theta_t &\leftarrow \theta_{t-1} - \frac{\eta}{1 - \beta_1^t} \,
             \frac{m_t}{\sqrt{\hat v_t / (1 - \beta_2^t)} + \epsilon}
 
     The factors :math:`1 - \beta^t` undo the bias of averages that start at zero. With L2 decay
@@ -111,7 +111,7 @@ class Adam(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0` (a number or a 1-element tensor).
+        lr: learning rate :math:`\eta \ge 0` (a number or a 1-element tensor).
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1): decay rates of the averages of the
             gradient and of its square.
         eps: :math:`\epsilon \ge 0`, added to the denominator.
@@ -178,7 +178,7 @@ class AdamW(Adam):
     r"""Adam with decoupled weight decay; a drop-in for :class:`torch.optim.AdamW`.
 
     The same as ``Adam(..., decoupled_weight_decay=True)`` with torch's default
-    ``weight_decay=1e-2``: each step first shrinks the weights by :math:`1 - \gamma\lambda`,
+    ``weight_decay=1e-2``: each step first shrinks the weights by :math:`1 - \eta\lambda`,
     then takes an Adam step (see :func:`adam_update`).
     """
 

@@ -67,7 +67,7 @@ class Adam8bit(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
+        lr: learning rate :math:`\eta \ge 0`.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         weight_decay: :math:`\lambda \ge 0`; an L2 penalty added to the gradient, unless

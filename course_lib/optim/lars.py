@@ -32,24 +32,25 @@ def lars_update(
 ) -> None:
     r"""One LARS step on the tensor ``param`` (one layer's weight or bias), in place.
 
-    With global learning rate :math:`\gamma`, trust coefficient :math:`\eta`, weight decay
-    :math:`\beta` and momentum :math:`\mu`:
+    With global learning rate :math:`\eta`, trust coefficient :math:`c`, weight decay
+    :math:`\lambda` and momentum :math:`\mu`
+    (the paper writes :math:`\gamma, \eta, \beta` for the first three):
 
     .. math::
 
-        \lambda_t &\leftarrow \eta\,
-            \frac{\lVert\theta_{t-1}\rVert}{\lVert g_t\rVert + \beta \lVert\theta_{t-1}\rVert}
+        r_t &\leftarrow c\,
+            \frac{\lVert\theta_{t-1}\rVert}{\lVert g_t\rVert + \lambda \lVert\theta_{t-1}\rVert}
             \quad (1 \text{ if } \lVert\theta_{t-1}\rVert = 0 \text{ or } \lVert g_t\rVert = 0) \\
-        d_t &\leftarrow \lambda_t\, (g_t + \beta\,\theta_{t-1}) \\
+        d_t &\leftarrow r_t\, (g_t + \lambda\,\theta_{t-1}) \\
         b_t &\leftarrow d_t \ \text{if } t = 1, \text{ else } \mu b_{t-1} + d_t \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma\, b_t
-            \quad (\text{Nesterov: } \theta_{t-1} - \gamma (d_t + \mu b_t))
+        \theta_t &\leftarrow \theta_{t-1} - \eta\, b_t
+            \quad (\text{Nesterov: } \theta_{t-1} - \eta (d_t + \mu b_t))
 
-    The local rate :math:`\lambda_t` makes the step of every layer about
-    :math:`\gamma\eta\lVert\theta\rVert`, so layers whose gradients are small compared with
+    The local rate :math:`r_t` makes the step of every layer about
+    :math:`\eta\, c\lVert\theta\rVert`, so layers whose gradients are small compared with
     their weights are not left behind. The last two lines are :func:`sgd_update` on
-    :math:`d_t` (the paper puts :math:`\gamma` inside the buffer, :math:`v_t = \mu v_{t-1} +
-    \gamma d_t`; the two agree while :math:`\gamma` is constant). With ``adapt=False`` (for
+    :math:`d_t` (the paper puts the rate inside the buffer, :math:`v_t = \mu v_{t-1} +
+    \eta d_t`; the two agree while :math:`\eta` is constant). With ``adapt=False`` (for
     biases and norm gains) :math:`\lambda_t = 1` and this is SGD with momentum and L2 decay.
     """
     direction = grad.add(param, alpha=weight_decay) if weight_decay != 0 else grad
@@ -73,17 +74,17 @@ class LARS(CourseOptimizer):
         decayed, others = weight_decay_groups(model, 5e-4)
         LARS([decayed, {**others, "adapt": False}], lr=2.0)
 
-    torch has no LARS; the defaults follow the paper (momentum 0.9, :math:`\eta = 0.001`)
+    torch has no LARS; the defaults follow the paper (momentum 0.9, :math:`c = 0.001`)
     and common implementations (a global rate of 1).
 
     Args:
         params: parameters or param groups.
-        lr: global learning rate :math:`\gamma \ge 0`.
+        lr: global learning rate :math:`\eta \ge 0`.
         momentum: momentum :math:`\mu \in [0, 1)`; the buffer starts at the first step's
             direction, as in :class:`torch.optim.SGD`.
-        weight_decay: :math:`\beta \ge 0`, added to the gradient and to the local rate's
+        weight_decay: :math:`\lambda \ge 0`, added to the gradient and to the local rate's
             denominator.
-        trust_coefficient: :math:`\eta \ge 0`, the fraction of its norm a layer moves per unit
+        trust_coefficient: :math:`c \ge 0`, the fraction of its norm a layer moves per unit
             of ``lr``.
         nesterov: Nesterov momentum (needs ``momentum > 0``).
         adapt: use the local rate (a per-group flag; ``False`` makes the group plain SGD).

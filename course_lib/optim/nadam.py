@@ -38,11 +38,11 @@ def nadam_update(
     .. math::
 
         g_t &\leftarrow g_t + \lambda \theta_{t-1}
-            \text{ (or } \theta_{t-1} \leftarrow (1 - \gamma\lambda)\theta_{t-1}
+            \text{ (or } \theta_{t-1} \leftarrow (1 - \eta\lambda)\theta_{t-1}
             \text{ if decoupled)} \\
         m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
         v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma \left(
+        \theta_t &\leftarrow \theta_{t-1} - \eta \left(
             \frac{(1 - \mu_t)\, g_t}{1 - \prod_{i \le t} \mu_i}
             + \frac{\mu_{t+1}\, m_t}{1 - \prod_{i \le t+1} \mu_i} \right)
             \Big/ \left(\sqrt{v_t / (1 - \beta_2^t)} + \epsilon\right)
@@ -71,7 +71,7 @@ class NAdam(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
+        lr: learning rate :math:`\eta \ge 0`.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         weight_decay: :math:`\lambda \ge 0` (L2, or decoupled as in AdamW).

@@ -41,10 +41,10 @@ def radam_update(
         \hat m_t &= m_t / (1 - \beta_1^t) \\
         r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
                           {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma\, \hat m_t\, r_t\,
+        \theta_t &\leftarrow \theta_{t-1} - \eta\, \hat m_t\, r_t\,
             \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon}
             \quad \text{if } \rho_t > 5, \text{ else }
-            \theta_t \leftarrow \theta_{t-1} - \gamma\, \hat m_t
+            \theta_t \leftarrow \theta_{t-1} - \eta\, \hat m_t
 
     Early on (:math:`\rho_t \le 5`; the first 5 steps with :math:`\beta_2 = 0.999`) it takes
     plain momentum steps, as a built-in warm-up. The threshold 5 is PyTorch's and the authors'
@@ -75,7 +75,7 @@ class RAdam(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
+        lr: learning rate :math:`\eta \ge 0`.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         weight_decay: :math:`\lambda \ge 0` (L2, or decoupled as in AdamW).

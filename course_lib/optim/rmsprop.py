@@ -31,7 +31,7 @@ def rmsprop_update(
 ) -> None:
     r"""One RMSprop step on ``param``, in place.
 
-    With smoothing constant :math:`\alpha`, learning rate :math:`\gamma`, momentum :math:`\mu`
+    With smoothing constant :math:`\alpha`, learning rate :math:`\eta`, momentum :math:`\mu`
     and weight decay :math:`\lambda`:
 
     .. math::
@@ -41,11 +41,11 @@ def rmsprop_update(
         \bar g_t &\leftarrow \alpha \bar g_{t-1} + (1 - \alpha) g_t
             \text{ (centered: } \tilde v_t = v_t - \bar g_t^2 \text{, else } \tilde v_t = v_t) \\
         b_t &\leftarrow \mu b_{t-1} + g_t / (\sqrt{\tilde v_t} + \epsilon) \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma b_t
+        \theta_t &\leftarrow \theta_{t-1} - \eta b_t
 
-    Without momentum, :math:`\theta_t = \theta_{t-1} - \gamma g_t / (\sqrt{\tilde v_t} + \epsilon)`.
+    Without momentum, :math:`\theta_t = \theta_{t-1} - \eta g_t / (\sqrt{\tilde v_t} + \epsilon)`.
     The averages start at zero and are not bias-corrected (unlike Adam), so the first steps are
-    larger than :math:`\gamma`. ``step`` is not used; it is there to keep the signature common.
+    larger than :math:`\eta`. ``step`` is not used; it is there to keep the signature common.
     """
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
@@ -71,7 +71,7 @@ class RMSprop(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
+        lr: learning rate :math:`\eta \ge 0`.
         alpha: smoothing constant :math:`\alpha \in [0, 1)` of the average of squared gradients.
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         weight_decay: L2 penalty :math:`\lambda \ge 0`, added to the gradient.

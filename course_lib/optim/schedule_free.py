@@ -43,19 +43,19 @@ def schedule_free_adamw_update(
 
     Three sequences: :math:`z` takes plain AdamW-like steps (no momentum), :math:`x` is a
     weighted average of the :math:`z`'s, and the gradient is taken at :math:`y`, between them.
-    At step :math:`t` with (warmed-up) learning rate :math:`\gamma_t`:
+    At step :math:`t` with (warmed-up) learning rate :math:`\eta_t`:
 
     .. math::
 
         v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2,
             \qquad g_t = \nabla f(y_t) \\
-        z_{t+1} &\leftarrow z_t - \gamma_t \left(
+        z_{t+1} &\leftarrow z_t - \eta_t \left(
             \frac{g_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon} + \lambda y_t \right) \\
         x_{t+1} &\leftarrow (1 - c_{t+1})\, x_t + c_{t+1}\, z_{t+1} \\
         y_{t+1} &\leftarrow \beta_1 x_{t+1} + (1 - \beta_1)\, z_{t+1}
 
     with :math:`c_{t+1} = w_t / \sum_{i \le t} w_i` (``average_weight``), :math:`w_t =
-    t^r\, \gamma_{\max,t}^{\,p}`: with :math:`r = 0` and :math:`p = 2` every step counts in
+    t^r\, \eta_{\max,t}^{\,p}`: with :math:`r = 0` and :math:`p = 2` every step counts in
     proportion to its squared learning rate, so the small steps of warmup barely count. The
     momentum of Adam is replaced by the interpolation :math:`\beta_1`; :math:`x` needs no
     schedule because averaging already anneals it.
@@ -96,7 +96,7 @@ class ScheduleFreeAdamW(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0` after warmup.
+        lr: learning rate :math:`\eta \ge 0` after warmup.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1): the interpolation between
             :math:`x` and :math:`z`, and the decay of the squared-gradient average.
         eps: :math:`\epsilon \ge 0`, added to the denominator.

@@ -30,7 +30,7 @@ def sgd_update(
 ) -> None:
     r"""One SGD step on ``param``, in place.
 
-    With learning rate :math:`\gamma`, momentum :math:`\mu`, dampening :math:`\tau` and weight
+    With learning rate :math:`\eta`, momentum :math:`\mu`, dampening :math:`\tau` and weight
     decay :math:`\lambda`, at step :math:`t`:
 
     .. math::
@@ -38,11 +38,11 @@ def sgd_update(
         g_t &\leftarrow g_t + \lambda \theta_{t-1} \\
         b_t &\leftarrow g_t \ \text{if } t = 1, \text{ else } \mu b_{t-1} + (1 - \tau) g_t \\
         d_t &\leftarrow g_t + \mu b_t \ \text{(Nesterov)}, \text{ else } b_t \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma d_t
+        \theta_t &\leftarrow \theta_{t-1} - \eta d_t
 
     Without momentum (:math:`\mu = 0`), :math:`d_t = g_t`. As in PyTorch, the buffer starts at
     the first gradient rather than at zero, and ``lr`` multiplies the whole step (some papers
-    write :math:`b_t = \mu b_{t-1} + \gamma g_t` instead; the two agree while :math:`\gamma` is
+    write :math:`b_t = \mu b_{t-1} + \eta g_t` instead; the two agree while :math:`\eta` is
     constant).
     """
     if weight_decay != 0:
@@ -90,7 +90,7 @@ class SGD(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`.
+        lr: learning rate :math:`\eta \ge 0`.
         momentum: momentum factor :math:`\mu \in [0, 1)`. If it is to be non-zero for a
             parameter, it must be non-zero at that parameter's first step (a scheduler may change
             its value later, e.g. OneCycleLR).

@@ -3,7 +3,7 @@ r"""Sophia (Liu et al., 2023): clipped sign momentum, preconditioned by a diagon
 Sophia divides the momentum by an estimate :math:`h` of the Hessian's diagonal, refreshed every
 few steps, and clips each coordinate of the ratio to :math:`[-1, 1]`: where the curvature is
 large it takes Newton-like steps, where it is small, negative or unknown the step falls back to
-:math:`\pm\gamma`, a sign-momentum step. Two estimators of the diagonal, both unbiased in
+:math:`\pm\eta`, a sign-momentum step. Two estimators of the diagonal, both unbiased in
 expectation:
 
 * Gauss-Newton-Bartlett (:func:`gauss_newton_bartlett`, SophiaG): for a loss that is a
@@ -57,15 +57,15 @@ def sophiag_update(
 
     .. math::
 
-        \theta &\leftarrow (1 - \gamma\lambda)\, \theta \\
+        \theta &\leftarrow (1 - \eta\lambda)\, \theta \\
         m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
-        \theta_t &\leftarrow \theta_{t-1} - \gamma\,
+        \theta_t &\leftarrow \theta_{t-1} - \eta\,
             \text{clip}\!\left(\frac{m_t}{\max(\rho \cdot bs \cdot h_t,\ \epsilon)},\ 1\right),
             \qquad \text{clip}(x, 1) = \max(-1, \min(x, 1))
 
     :math:`h_t` (see :meth:`SophiaG.update_hessian`) changes only when the Hessian is refreshed.
-    A coordinate whose ratio is clipped moves by exactly :math:`\pm\gamma`; the others take the
-    Newton-like step :math:`\gamma m_t / (\rho\, bs\, h_t)`.
+    A coordinate whose ratio is clipped moves by exactly :math:`\pm\eta`; the others take the
+    Newton-like step :math:`\eta m_t / (\rho\, bs\, h_t)`.
     """
     param.mul_(1 - lr * weight_decay)
     exp_avg = state["exp_avg"]
@@ -79,7 +79,7 @@ class SophiaG(CourseOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate :math:`\gamma \ge 0`: the largest change of a coordinate per step.
+        lr: learning rate :math:`\eta \ge 0`: the largest change of a coordinate per step.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1): decay rates of the momentum and of
             the Hessian estimate's average.
         rho: :math:`\rho \ge 0`; scales the Hessian, so a smaller :math:`\rho` clips fewer
@@ -91,7 +91,7 @@ class SophiaG(CourseOptimizer):
     ``step(closure=None, bs=5120)`` takes the batch size :math:`bs` (the number of predictions,
     e.g. tokens, in the batch the Hessian was estimated on). State: ``exp_avg`` and
     ``hessian``; the Hessian starts at zero, so until its first refresh every step is
-    :math:`\pm\gamma`.
+    :math:`\pm\eta`.
     """
 
     def __init__(
