@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 # Student exercise notebooks hold stubs by design; tests/test_grading.py grades them. nbval runs the rest.
 NOTEBOOKS := $(wildcard lessons/*.ipynb) $(wildcard exercises/solutions/*.ipynb)
 CELL_TIMEOUT ?= 300
+# Notebooks run this many at a time (nbval: one notebook per worker; the book: BOOK_EXECUTION_WORKERS).
+NB_WORKERS ?= 2
+export BOOK_EXECUTION_WORKERS ?= $(NB_WORKERS)
 export PYTHONHASHSEED := 0
 # Small models run faster on one thread, and a loaded machine does not slow them down 10x.
 export OMP_NUM_THREADS ?= 1
@@ -48,7 +51,8 @@ chromium:
 	  { echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path/to/chrome)."; exit 1; }
 
 test-notebooks: venv
-	COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+	COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+	  -n $(NB_WORKERS) --dist loadfile $(NOTEBOOKS)
 
 sync: venv
 	$(BIN)/jupytext --sync $$(grep -l '^jupytext:' lessons/*.md exercises/*.md exercises/*/*.md 2>/dev/null)
