@@ -98,6 +98,8 @@ def test_page_renders(page_file, server, browser):
     assert bad == 0, f"{page_file}: {bad} error outputs"
     outputs_text = " ".join(page.locator("div.cell_output").all_inner_texts())
     assert "Traceback (most recent call last)" not in outputs_text, f"{page_file}: a traceback in the outputs"
+    # Markdown that a cell displays is rendered, not shown as source (a table's |---| row, for one).
+    assert "|---|" not in page.locator("article").inner_text(), f"{page_file}: a Markdown table shown as raw text"
 
     # Images: every <img> has loaded (naturalWidth > 0).
     broken = page.eval_on_selector_all(
