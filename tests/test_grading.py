@@ -15,6 +15,7 @@ import math
 import shutil
 import subprocess
 import sys
+import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -26,8 +27,11 @@ from course_lib.grading import checks
 from course_lib.grading.__main__ import main
 from course_lib.grading.checks import CheckFailed
 from course_lib.grading.checks._core import Trials
+from course_lib.grading.checks.ablation import reference_converged_at, reference_schedule_lrs
+from course_lib.grading.checks.large_batch import lars_reference_local_lr
 from course_lib.grading.checks.lion import lion_reference
 from course_lib.grading.checks.schedule import reference_lrs
+from course_lib.schedules import WarmupCosineLR
 from course_lib.grading.exercises import build_exercises, check_tag, load_exercises
 from course_lib.grading.grader import find_submissions, prepare
 
@@ -76,6 +80,8 @@ SOLVED = [(e.name, spec.name) for e in ALL.values() for spec in e.checks]
 CHECKED_FUNCTION = {  # check -> the name its cell passes to it
     "adam_step_uncorrected": "adam_step",
     "lion_optimizer": "Lion",
+    "snapshot_model": "Snapshot",
+    "snapshot_optimizer": "Snapshot",
 }
 
 
@@ -232,6 +238,182 @@ def _first_index(mistake):
     return steps_to_reach
 
 
+def _make_scheduler(mistake):
+    """The five schedules of exercise 6, with one mistake."""
+    lr_scheduler = torch.optim.lr_scheduler
+
+    def make_scheduler(name, optimizer, *, total_steps, warmup_steps, step_size, gamma):
+        peak = optimizer.param_groups[0]["lr"]
+        if name == "none":
+            return None if mistake != "list" else [peak]
+        if name == "step":
+            return lr_scheduler.StepLR(optimizer, step_size=step_size + (mistake == "step+1"), gamma=gamma)
+        if name == "cosine":
+            scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - (mistake == "T_max-1"))
+            if mistake == "stepped once":
+                optimizer.step()
+                scheduler.step()
+            return scheduler
+        if name == "onecycle":
+            total = total_steps + {"onecycle+1": 1, "onecycle-1": -1}.get(mistake, 0)
+            return lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total)
+        if mistake == "warmup+1":
+            def factor(s):
+                if s < warmup_steps:
+                    return (s + 1) / warmup_steps
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup_steps) / (total_steps - warmup_steps))))
+
+            return lr_scheduler.LambdaLR(optimizer, factor)
+        return WarmupCosineLR(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+
+    return make_scheduler
+
+
+def _converged_at(mistake):
+    def converged_at(losses, target, window):
+        if mistake == "single loss":
+            return next((i for i, loss in enumerate(losses) if loss < target), None)
+        for i in range(window - 1, len(losses)):
+            if sum(losses[i - window + 1 : i + 1]) / window < target:
+                return i - window + 1 if mistake == "window start" else i
+        return -1 if mistake == "-1 for never" else None
+
+    return converged_at
+
+
+def _accumulation_step(mistake):
+    def accumulation_step(model, optimizer, loss_fn, x, y, micro_batch_size):
+        if mistake != "no zero":
+            optimizer.zero_grad()
+        chunks = list(zip(x.split(micro_batch_size), y.split(micro_batch_size)))
+        total = 0.0
+        for xb, yb in chunks:
+            if mistake == "zero each":
+                optimizer.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            weight = {"no division": 1.0, "divide by count": 1 / len(chunks)}.get(mistake, len(xb) / len(x))
+            (loss * weight).backward()
+            total += loss.item() if mistake == "unweighted loss" else loss.item() * weight
+            if mistake == "step each":
+                optimizer.step()
+        if mistake != "step each":
+            optimizer.step()
+        return total
+
+    return accumulation_step
+
+
+def _lars_local_lr(mistake):
+    def lars_local_lr(weight, grad, *, trust_coefficient, weight_decay):
+        w, g = weight.norm().item(), grad.norm().item()
+        eta, beta = trust_coefficient, weight_decay
+        if mistake == "no guard":
+            return eta * w / (g + beta * w)
+        if w == 0 or g == 0:
+            return 1.0
+        return {
+            "no decay": eta * w / g,
+            "inverted": eta * g / (w + beta * g),
+            "no trust": w / (g + beta * w),
+            "decayed grad norm": eta * w / (grad + beta * weight).norm().item(),
+        }[mistake]
+
+    return lars_local_lr
+
+
+def _autocast_gradients(mistake):
+    def autocast_gradients(model, loss_fn, x, y):
+        if mistake == "bf16 model":
+            model.to(torch.bfloat16)
+            loss = loss_fn(model(x.to(torch.bfloat16)), y)
+        else:
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=mistake != "no autocast"):
+                out = model(x)
+                loss = loss_fn(out, y) if mistake != "loss outside" else None
+            if loss is None:
+                loss = loss_fn(out, y)
+        loss.backward()
+        return loss.item()
+
+    return autocast_gradients
+
+
+def _quantize_block(mistake):
+    def quantize_block(block, code):
+        absmax = block.max() if mistake == "max" else block.abs().max()
+        scaled = block if mistake == "no scaling" else block / (absmax if mistake == "no guard" else absmax.clamp(min=1e-38))
+        if mistake == "round up":
+            q = torch.bucketize(scaled, code).clamp(max=255)
+        elif mistake == "linear":
+            q = ((scaled + 1) * 127.5).round().clamp(0, 255)
+        else:
+            q = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2)
+        return (q if mistake == "int64" else q.to(torch.uint8)), absmax
+
+    return quantize_block
+
+
+def _dequantize_block(mistake):
+    def dequantize_block(q, absmax, code):
+        if mistake == "uint8 index":
+            with warnings.catch_warnings():  # torch warns that a uint8 index is read as a mask
+                warnings.simplefilter("ignore")
+                return code[q] * absmax
+        if mistake == "no absmax":
+            return code[q.long()]
+        return q.float() / 255 * absmax
+
+    return dequantize_block
+
+
+def _snapshot(mistake):
+    """The snapshot of exercise 9, with one mistake."""
+
+    class Snapshot:
+        def __init__(self, model, optimizer):
+            self.model, self.optimizer = model, optimizer
+            state = model.state_dict()
+            if mistake == "parameters only":
+                state = {name: p for name, p in model.named_parameters()}
+            self.model_state = state if mistake == "model references" else copy.deepcopy(state)
+            self.grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+            self.training = model.training
+            self.optimizer_state = optimizer.state_dict()
+            if mistake != "optimizer references":
+                self.optimizer_state = copy.deepcopy(self.optimizer_state)
+            self.tensors = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+            self.rng = torch.get_rng_state()
+
+        def restore(self):
+            if mistake == "aliased parameters":  # the parameters end up sharing the snapshot's tensors
+                for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+                    t.data = self.model_state[name]
+            else:
+                strict = mistake != "parameters only"
+                self.model.load_state_dict(self.model_state, strict=strict, assign=mistake == "assign")
+            if mistake != "no grads":
+                for p, grad in zip(self.model.parameters(), self.grads):
+                    p.grad = None if grad is None else grad.clone()
+            if mistake != "no mode":
+                self.model.train(self.training)
+            if mistake == "state only":  # the state tensors, copied in, but not the param groups
+                self.optimizer.state.clear()
+                self.optimizer.state.update({p: {k: v.clone() for k, v in s.items()} for p, s in self.tensors.items()})
+            elif mistake == "in place":  # copies the saved values into the existing state; keeps newer entries
+                for p, s in self.tensors.items():
+                    for k, v in s.items():
+                        self.optimizer.state[p][k].copy_(v)
+                self.optimizer.load_state_dict({**self.optimizer.state_dict(), "param_groups": self.optimizer_state["param_groups"]})
+            elif mistake in ("no copy on load", "optimizer references"):
+                self.optimizer.load_state_dict(self.optimizer_state)
+            else:
+                self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+            if mistake != "no rng":
+                torch.set_rng_state(self.rng)
+
+    return Snapshot
+
+
 WRONG = [
     # (check, wrong implementation, a phrase the feedback must contain)
     ("rmsprop_step", _kw(_rmsprop, eps_inside=True), "eps goes outside the square root"),
@@ -276,6 +458,50 @@ WRONG = [
     ("lion_step", _kw(_lion, mistake="no lr"), "scale the decay by the learning rate"),
     ("lion_optimizer", _lion_class("default lr"), "group 1"),
     ("lion_optimizer", _lion_class("no grad"), "parameter 1"),
+    ("make_scheduler", _make_scheduler("T_max-1"), "CosineAnnealingLR(T_max=total_steps)"),
+    ("make_scheduler", _make_scheduler("step+1"), "gamma ** (s // step_size)"),
+    ("make_scheduler", _make_scheduler("warmup+1"), "lr * s / warmup_steps"),
+    ("make_scheduler", _make_scheduler("onecycle+1"), "number of optimizer steps of the run"),
+    ("make_scheduler", _make_scheduler("onecycle-1"), "OneCycleLR(total_steps=...)"),
+    ("make_scheduler", _make_scheduler("stepped once"), "one step ahead"),
+    ("make_scheduler", _make_scheduler("list"), "should return a torch.optim.lr_scheduler scheduler"),
+    ("converged_at", _converged_at("window start"), "the window's last step"),
+    ("converged_at", _converged_at("single loss"), "not a single loss"),
+    ("converged_at", _converged_at("-1 for never"), "return None"),
+    ("accumulation_step", _accumulation_step("no division"), "divide each micro-batch's loss"),
+    ("accumulation_step", _accumulation_step("zero each"), "zero the gradients once"),
+    ("accumulation_step", _accumulation_step("no zero"), "the previous step's gradient"),
+    ("accumulation_step", _accumulation_step("divide by count"), "the last micro-batch is smaller"),
+    ("accumulation_step", _accumulation_step("step each"), "once, after the last micro-batch"),
+    ("accumulation_step", _accumulation_step("unweighted loss"), "return the mean loss over the batch"),
+    ("lars_local_lr", _lars_local_lr("no guard"), "a local rate of 1"),
+    ("lars_local_lr", _lars_local_lr("no decay"), "weight decay also enters the denominator"),
+    ("lars_local_lr", _lars_local_lr("inverted"), "the weight norm goes on top"),
+    ("lars_local_lr", _lars_local_lr("no trust"), "multiply by the trust coefficient"),
+    ("lars_local_lr", _lars_local_lr("decayed grad norm"), "not the norm of g + weight_decay * w"),
+    ("autocast_gradients", _autocast_gradients("no autocast"), "inside torch.autocast"),
+    ("autocast_gradients", _autocast_gradients("bf16 model"), "the model must stay float32"),
+    ("autocast_gradients", _autocast_gradients("loss outside"), "compute the loss inside the autocast block"),
+    ("quantize_block", _quantize_block("no scaling"), "divide the block by its absmax first"),
+    ("quantize_block", _quantize_block("round up"), "rounds up"),
+    ("quantize_block", _quantize_block("linear"), "not evenly spaced"),
+    ("quantize_block", _quantize_block("max"), "the largest magnitude"),
+    ("quantize_block", _quantize_block("no guard"), "a block of zeros has absmax 0"),
+    ("quantize_block", _quantize_block("int64"), "torch.uint8"),
+    ("dequantize_block", _dequantize_block("uint8 index"), "mask of booleans"),
+    ("dequantize_block", _dequantize_block("no absmax"), "multiply the code values by absmax"),
+    ("dequantize_block", _dequantize_block("q as value"), "q is an index into code"),
+    ("snapshot_model", _snapshot("model references"), "model.state_dict() returns the live tensors"),
+    ("snapshot_model", _snapshot("aliased parameters"), "the snapshot must keep its own copies"),
+    ("snapshot_model", _snapshot("parameters only"), "restore the buffers too"),
+    ("snapshot_model", _snapshot("no grads"), "restore the gradients too"),
+    ("snapshot_model", _snapshot("no mode"), "restore train/eval mode"),
+    ("snapshot_model", _snapshot("assign"), "keep the same parameter objects"),
+    ("snapshot_optimizer", _snapshot("optimizer references"), "holds the live state tensors"),
+    ("snapshot_optimizer", _snapshot("no copy on load"), "load_state_dict keeps the very tensors you pass in"),
+    ("snapshot_optimizer", _snapshot("no rng"), "random number generator"),
+    ("snapshot_optimizer", _snapshot("state only"), "the param groups differ in ['lr']"),
+    ("snapshot_optimizer", _snapshot("in place"), "it must have none either"),
 ]
 
 
@@ -357,6 +583,29 @@ def test_schedule_reference_matches_the_closed_form():
     for s in range(4, 11):
         assert lrs[s] == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 6)), rel=1e-12)
     assert lrs[10:] == pytest.approx([0.5] * 4)
+
+
+def test_schedule_ablation_references_match_the_closed_forms():
+    T, W, size, gamma, peak = 20, 4, 7, 0.5, 0.3
+    lrs = {name: reference_schedule_lrs(name, peak_lr=peak, total_steps=T, warmup_steps=W, step_size=size, gamma=gamma)
+           for name in ("none", "step", "cosine", "warmup_cosine", "onecycle")}  # fmt: skip
+    assert lrs["none"] == [peak] * T
+    assert lrs["step"] == pytest.approx([peak * gamma ** (s // size) for s in range(T)], rel=1e-12)
+    assert lrs["cosine"] == pytest.approx([peak * 0.5 * (1 + math.cos(math.pi * s / T)) for s in range(T)], rel=1e-9)
+    warm = [peak * s / W if s < W else peak * 0.5 * (1 + math.cos(math.pi * (s - W) / (T - W))) for s in range(T)]
+    assert lrs["warmup_cosine"] == pytest.approx(warm, rel=1e-12)
+    assert lrs["onecycle"][0] == pytest.approx(peak / 25) and max(lrs["onecycle"]) == pytest.approx(peak)
+    assert lrs["onecycle"][-1] == pytest.approx(peak / 25 / 1e4)
+
+
+def test_converged_at_reference_and_lars_reference_worked_by_hand():
+    assert reference_converged_at([5.0, 1.0, 3.0, 0.5, 0.4], target=1.0, window=2) == 4  # means 3, 2, 1.75, 0.45
+    assert reference_converged_at([0.1, 5.0], target=1.0, window=2) is None
+    weight, grad = torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64)
+    # ||w|| = 5, ||g|| = 0.5: 0.01 * 5 / (0.5 + 0.1 * 5) = 0.05
+    assert lars_reference_local_lr(weight, grad, trust_coefficient=0.01, weight_decay=0.1, lr=2.0) == pytest.approx(0.05)
+    assert lars_reference_local_lr(torch.zeros(2, dtype=torch.float64), grad, trust_coefficient=0.01,
+                                   weight_decay=0.1) == pytest.approx(1.0)  # fmt: skip
 
 
 # ----- the builder ------------------------------------------------------------------------------
@@ -625,4 +874,4 @@ def test_unreadable_and_unattributable_files_do_not_stop_the_run(graded):
     assert row["total"] == "0"
     assert "could not be read" in (graded["reports"] / "zoe.md").read_text()
     assert "stray.ipynb: no student name" in graded["stderr"]
-    assert "graded 12 submissions of 4 students" in graded["stdout"]
+    assert f"graded {2 * len(ALL) + 2} submissions of 4 students" in graded["stdout"]

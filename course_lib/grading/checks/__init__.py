@@ -9,9 +9,13 @@ Adding an exercise means adding a module here with its checks and importing them
 """
 
 from ._core import CheckFailed
+from .ablation import converged_at, make_scheduler
 from .adam import adam_step, adam_step_uncorrected, uncorrected_ratio
 from .adamw import adam_l2_step, adamw_shrink, adamw_step
+from .large_batch import accumulation_step, autocast_gradients, lars_local_lr
 from .lion import lion_optimizer, lion_step
+from .quantization import dequantize_block, quantize_block
+from .restore import snapshot_model, snapshot_optimizer
 from .rmsprop import rmsprop_nesterov_step, rmsprop_step, run_rmsprop, steps_to_reach
 from .schedule import warmup_cosine_lr, warmup_cosine_scheduler
 
@@ -31,4 +35,13 @@ __all__ = [
     "warmup_cosine_scheduler",
     "lion_step",
     "lion_optimizer",
+    "make_scheduler",
+    "converged_at",
+    "accumulation_step",
+    "lars_local_lr",
+    "autocast_gradients",
+    "quantize_block",
+    "dequantize_block",
+    "snapshot_model",
+    "snapshot_optimizer",
 ]
