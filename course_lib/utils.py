@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "pick_device", "show_source", "source_of"]
+__all__ = ["seed_everything", "pick_device", "show_source", "source_of", "glue"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -54,3 +54,21 @@ def show_source(obj):
     from IPython.display import Code
 
     return Code(source_of(obj), language="python")
+
+
+def glue(name: str, value, display: bool = False):
+    """Record ``value`` under ``name`` so that the book's prose can quote it; return ``value``.
+
+    A lesson writes ``{glue:text}`name:.3f``` in its Markdown instead of typing a number, so every
+    number in the prose is the one its cell computed when the book was built (myst-nb's glue). Where
+    myst-nb is not installed (Colab, a bare JupyterLab), nothing is recorded: the cell's own printed
+    output carries the number, and the role stays visible as text.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name must be a Python identifier, got {name!r}")
+    try:
+        from myst_nb import glue as record
+    except ImportError:
+        return value
+    record(name, value, display=display)
+    return value

@@ -34,3 +34,21 @@ def test_show_source_is_the_real_source():
     code = utils.show_source(landscapes.trajectory)
     assert code.data.startswith("def trajectory(")
     assert code.data == utils.source_of(landscapes.trajectory)
+
+
+def test_glue_records_for_myst_nb_and_returns_the_value(monkeypatch):
+    import myst_nb
+
+    recorded = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: recorded.append((name, value, display)))
+    assert utils.glue("final_loss", 0.25) == 0.25
+    assert recorded == [("final_loss", 0.25, False)]
+    with pytest.raises(ValueError, match="identifier"):
+        utils.glue("final loss", 1.0)
+
+
+def test_glue_without_myst_nb_only_returns_the_value(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # import fails, as in Colab
+    assert utils.glue("steps", 42) == 42
