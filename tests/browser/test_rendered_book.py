@@ -113,6 +113,9 @@ def test_page_renders(page_file, server, browser):
         typeset = page.locator("mjx-container").count()
         raw = page.locator("div.math, span.math").count()
         assert typeset >= raw, f"{page_file}: {raw} math elements but only {typeset} typeset"
+        # MathJax renders TeX it cannot parse as an error box instead of failing.
+        tex_errors = page.locator("mjx-merror").all_inner_texts()
+        assert not tex_errors, f"{page_file}: TeX errors in the math: {tex_errors}"
 
     # Internal links resolve to built files (and their anchors exist).
     hrefs = page.eval_on_selector_all("article a[href]", "as => as.map(a => a.href)")
@@ -127,18 +130,57 @@ def test_page_renders(page_file, server, browser):
         if anchor and path.suffix == ".html":
             assert f'id="{anchor}"' in path.read_text(errors="replace"), f"{page_file}: missing anchor {href}"
 
+    # Launch buttons: a lesson's Colab button opens its own .ipynb; a page without an .ipynb twin in the
+    # repository has no launch button at all (Colab cannot run a .md). Links to Colab inside a page's
+    # text (the exercises table) must name notebooks that exist too.
+    colab_links = page.eval_on_selector_all(
+        ".header-article a[href*='colab.research.google.com'], .dropdown-launch-buttons a[href*='colab']",
+        "as => as.map(a => a.href)")
     if page_file.startswith("lessons/"):
-        colab = page.locator("a[href*='colab.research.google.com']").first.get_attribute("href")
-        assert colab == _colab_url(page_file), f"{page_file}: Colab button points at {colab}"
+        assert colab_links and colab_links[0] == _colab_url(page_file), \
+            f"{page_file}: Colab button points at {colab_links}"
         assert (ROOT / f"{page_file}.ipynb").exists(), f"the Colab button's notebook {page_file}.ipynb is missing"
         downloads = page.eval_on_selector_all("a[href$='.ipynb']", "as => as.map(a => a.href)")
-        local = [d for d in downloads if d.startswith(server)]
-        assert local, f"{page_file}: no download button for the .ipynb"
-        for d in local:
-            assert (HTML / unquote(urlparse(d).path).lstrip("/")).exists(), f"{page_file}: download {d} is missing"
+        own = [d for d in downloads if d.startswith(server) and d.endswith(f"/_sources/{page_file}.ipynb")]
+        assert own, f"{page_file}: no download button for its own .ipynb (found {downloads})"
+        assert (HTML / unquote(urlparse(own[0]).path).lstrip("/")).exists(), f"{page_file}: download {own[0]} is missing"
+    elif not (ROOT / f"{page_file}.ipynb").exists():
+        assert not colab_links, f"{page_file}: a launch button on a page without a notebook: {colab_links}"
+    all_colab = page.eval_on_selector_all("a[href*='colab.research.google.com/github/']", "as => as.map(a => a.href)")
+    prefix = _colab_url("").rsplit("/", 1)[0] + "/"
+    for link in all_colab:
+        assert link.startswith(prefix), f"{page_file}: Colab link outside the configured repository: {link}"
+        target = link[len(prefix):]
+        assert (ROOT / target).exists(), f"{page_file}: Colab link to a notebook missing from the repository: {link}"
+
+    # Previous / next: every page but the first links back, every page but the last links forward.
+    index = PAGES.index(page_file)
+    if index > 0:
+        assert page.locator("a.left-prev").count() == 1, f"{page_file}: no link to the previous page"
+    if index < len(PAGES) - 1:
+        assert page.locator("a.right-next").count() == 1, f"{page_file}: no link to the next page"
 
     assert not errors, f"{page_file}: JavaScript errors: {errors}"
     if page_file in SCREENSHOT_PAGES:
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / (page_file.replace("/", "__") + ".png")), full_page=False)
+    page.close()
+
+
+def test_search_finds_the_lessons(server, browser):
+    page = browser.new_page()
+    page.goto(urljoin(server, "search.html?q=AdamW"), wait_until="load")
+    page.wait_for_selector("ul.search li", timeout=20000)
+    hits = page.eval_on_selector_all("ul.search li a", "as => as.map(a => a.getAttribute('href'))")
+    assert any("04_adamw_weight_decay" in h for h in hits), f"searching 'AdamW' did not find lesson 04: {hits}"
+    page.close()
+
+
+def test_status_page_lists_every_lesson_and_the_benchmark_machine(server, browser):
+    page = browser.new_page()
+    page.goto(urljoin(server, "book/status.html"), wait_until="load")
+    text = page.locator("article").inner_text()
+    for lesson in (p for p in PAGES if p.startswith("lessons/")):
+        assert lesson in text, f"the status page's execution table has no row for {lesson}"
+    assert "Machine:" in text, "the status page shows no benchmark with its machine"
     page.close()
