@@ -62,10 +62,15 @@ def glue(name: str, value, display: bool = False):
     A lesson writes ``{glue:text}`name:.3f``` in its Markdown instead of typing a number, so every
     number in the prose is the one its cell computed when the book was built (myst-nb's glue). Where
     myst-nb is not installed (Colab, a bare JupyterLab), nothing is recorded: the cell's own printed
-    output carries the number, and the role stays visible as text.
+    output carries the number, and the role stays visible as text. NumPy and torch scalars are recorded
+    (and returned) as the Python numbers they hold.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name must be a Python identifier, got {name!r}")
+    # A NumPy or torch scalar is recorded as the Python number it holds: the book formats the recorded
+    # text ({glue:text}`name:.2f`), and 'np.float64(0.5)' is not a number it can format.
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        value = value.item()
     try:
         from myst_nb import glue as record
     except ImportError:

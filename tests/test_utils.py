@@ -43,6 +43,8 @@ def test_glue_records_for_myst_nb_and_returns_the_value(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: recorded.append((name, value, display)))
     assert utils.glue("final_loss", 0.25) == 0.25
     assert recorded == [("final_loss", 0.25, False)]
+    assert utils.glue("ratio", np.float64(1.5)) == 1.5 and type(recorded[-1][1]) is float
+    assert utils.glue("steps", torch.tensor(7)) == 7 and type(recorded[-1][1]) is int
     with pytest.raises(ValueError, match="identifier"):
         utils.glue("final loss", 1.0)
 
