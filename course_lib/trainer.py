@@ -13,10 +13,14 @@ What one optimizer step does (:meth:`Trainer.train_step`):
 2. for each, ``loss_fn(model, batch)`` under autocast, weighted by its share of the
    examples of the group, and backward: the summed gradient is the gradient of the mean
    loss over all the group's examples, as if it were one big batch;
-3. unscale (fp16), measure the gradient norm, clip by norm or by value;
+3. unscale (fp16) and measure the gradient norm;
 4. stop with ``FloatingPointError`` naming the step (counted from 1, as in ``history``) and
-   the loss or the parameter if a value is NaN or infinite;
-5. step the optimizer (through the ``GradScaler`` for fp16) and the per-step schedulers.
+   the loss or the parameter if a value is NaN or infinite, checked *before* clipping (clipping
+   by norm would spread one NaN over every gradient);
+5. clip by norm or by value;
+6. step the optimizer and the per-step schedulers. With fp16 the ``GradScaler`` skips a step
+   whose gradients are not finite and lowers its scale; ``max_skipped_steps`` skips in a row
+   stop the run.
 
 Data order is resumable: ``train_data`` has ``batches(epoch, start)`` that yields batch
 ``start``, ``start + 1``, ... of that epoch in an order fixed by the epoch number alone (see
@@ -187,6 +191,14 @@ def evaluate(
     return total / count
 
 
+def _describe_non_finite(names: list[str]) -> str:
+    """The end of a ``FloatingPointError`` message: which parameters have NaN or Inf gradients."""
+    message = f"the gradient of parameter {names[0]!r} has NaN or Inf entries"
+    if len(names) > 1:
+        message += f" (so do {len(names) - 1} more, the next one {names[1]!r})"
+    return message
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -208,9 +220,15 @@ class TrainConfig:
     - ``eval_every``: evaluate every so many steps; ``None``: at the end of every epoch;
     - ``checkpoint_every`` and ``checkpoint_path``: save a checkpoint every so many steps
       and at the end (one file, replaced atomically);
-    - ``tokens_per_example``: if set, the history logs ``tokens_per_s``;
+    - ``tokens_per_example``: if set, the history logs ``tokens_per_s`` and the progress bar
+      shows it;
     - ``check_finite``: stop on a NaN/Inf loss or gradient;
-    - ``progress``: show a tqdm bar (off by default, so notebook outputs stay reproducible).
+    - ``max_skipped_steps`` (fp16): stop after so many steps in a row that the ``GradScaler``
+      skipped for NaN/Inf gradients (``None``: never). A few skips are how the scaler finds its
+      scale; each halves it, so 20 in a row take it from :math:`2^{16}` to :math:`2^{-4}`, and
+      gradients that overflow even then are NaN or Inf at any scale;
+    - ``progress``: show a tqdm bar with the step's loss and LR (off by default, so notebook
+      outputs stay reproducible).
     """
 
     max_steps: int | None = None
@@ -225,12 +243,13 @@ class TrainConfig:
     checkpoint_path: str | Path | None = None
     tokens_per_example: int | None = None
     check_finite: bool = True
+    max_skipped_steps: int | None = 20
     progress: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps or epochs (or both)")
-        for name in ("max_steps", "epochs", "eval_every", "checkpoint_every", "tokens_per_example"):
+        for name in ("max_steps", "epochs", "eval_every", "checkpoint_every", "tokens_per_example", "max_skipped_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
@@ -315,11 +334,11 @@ class Trainer:
         if val_data is None and any(isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) for s in self.schedulers):
             raise ValueError("ReduceLROnPlateau needs val_data: it is stepped with the validation loss")
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        self.names = {p: name for name, p in model.named_parameters()}
         self.step = 0  # optimizer steps done
         self.epoch = 0  # current epoch
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
         self.examples = 0
+        self.skipped_in_a_row = 0  # fp16: consecutive steps the GradScaler skipped
         self.history: dict[str, list[float]] = {key: [] for key in self._history_keys()}
         self.should_stop = False
 
@@ -351,8 +370,8 @@ class Trainer:
                 batches = epoch_batches(self.train_data, self.epoch, self.batch_in_epoch)
                 for group in _groups_of(batches, cfg.accumulation):
                     self.train_step(group)
+                    bar.set_postfix(self._postfix(), refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}", lr=f"{self.history['lr'][-1]:.3g}")
                     self._after_step()
                     if self._finished():
                         break
@@ -383,8 +402,10 @@ class Trainer:
             raise FloatingPointError(f"step {self.step + 1}: the loss is {loss_value}")
         norm = self._clip_gradients()
         if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped if a gradient is NaN or Inf
+            self.scaler.update()  # then the scale is lowered
+            self.count_skipped(self.scaler.get_scale() < scale)
         else:
             self.optimizer.step()
         self.step += 1
@@ -395,24 +416,56 @@ class Trainer:
         self._log(loss_value, lr, norm, total, time.perf_counter() - started)
 
     def _clip_gradients(self) -> float:
-        """Unscale (fp16), return the gradient norm before clipping, clip; check it is finite."""
+        """Unscale (fp16), check the gradients are finite, return their norm before clipping, clip."""
         cfg = self.config
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(grad_norm(params))
+        # check BEFORE clipping: clip_grad_norm_ scales every gradient by c / norm, and a NaN
+        # norm would turn them all into NaN and hide which parameter it came from
+        if not math.isfinite(norm):
+            bad = self.non_finite_gradients()
+            if self.scaler and bad:
+                return norm  # fp16: the GradScaler skips this step; leave the gradients as they are
+            if cfg.check_finite and not self.scaler:
+                what = _describe_non_finite(bad) if bad else f"the gradient norm overflows to {norm}"
+                raise FloatingPointError(f"step {self.step + 1}: {what}")
         if cfg.clip_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
-        else:
-            norm = float(grad_norm(params))
-        # fp16: an overflow is expected now and then, and the GradScaler skips that step
-        if cfg.check_finite and not math.isfinite(norm) and not self.scaler:
-            bad = next((self.names[p] for p in params if not torch.isfinite(p.grad).all()), None)
-            if bad is None:
-                raise FloatingPointError(f"step {self.step + 1}: the gradient norm overflows to {norm}")
-            raise FloatingPointError(f"step {self.step + 1}: the gradient of parameter {bad!r} has NaN or Inf entries")
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         return norm
+
+    def non_finite_gradients(self) -> list[str]:
+        """Names of the parameters whose gradient holds a NaN or an Inf, in the model's order."""
+        return [
+            name for name, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+
+    def count_skipped(self, skipped: bool) -> None:
+        """Count the steps in a row that the ``GradScaler`` skipped; stop after ``max_skipped_steps`` of them.
+
+        Called after each fp16 step with whether the scaler skipped it (its scale went down).
+        ``max_skipped_steps=None`` or ``check_finite=False`` only counts.
+        """
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        limit = self.config.max_skipped_steps
+        if self.config.check_finite and limit is not None and self.skipped_in_a_row >= limit:
+            bad = self.non_finite_gradients()
+            raise FloatingPointError(
+                f"step {self.step + 1}: the GradScaler skipped the last {self.skipped_in_a_row} steps "
+                f"(steps {self.step + 2 - self.skipped_in_a_row} to {self.step + 1}) for NaN or Inf gradients; "
+                + (_describe_non_finite(bad) if bad else "they do not go away at a lower loss scale")
+            )
+
+    def _postfix(self) -> dict[str, str]:
+        """What the progress bar shows: the step's loss and LR, and tokens/s with ``tokens_per_example``."""
+        h = self.history
+        postfix = {"loss": f"{h['loss'][-1]:.4g}", "lr": f"{h['lr'][-1]:.3g}"}
+        if self.config.tokens_per_example is not None:
+            postfix["tok/s"] = f"{h['tokens_per_s'][-1]:.3g}"
+        return postfix
 
     def _step_schedulers(self) -> None:
         for scheduler in self.schedulers:
@@ -478,6 +531,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "examples": self.examples,
+            "skipped_in_a_row": self.skipped_in_a_row,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
@@ -504,6 +558,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.examples = state["batch_in_epoch"], state["examples"]
+        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])

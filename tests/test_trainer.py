@@ -153,6 +153,111 @@ def test_infinite_gradient_stops_naming_the_parameter():
         run(Gated(), SeededBatches(regression(8), batch_size=4), max_steps=2)
 
 
+class Gate(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.g = nn.Parameter(torch.zeros((), dtype=dtype))
+
+
+class FlaggedNaN(nn.Module):
+    """A linear layer on 4 inputs, then a gate (registered second) whose gradient is NaN on flagged batches.
+
+    The gate adds ``0 * sqrt(g - g + 1 - flag)``: a finite 0, whose derivative is 0 times the
+    infinite slope of sqrt at 0, a NaN, when the batch's fifth column holds a 1.
+    """
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        self.lin = nn.Linear(4, 2).to(dtype)
+        self.gate = Gate(dtype)
+
+    def forward(self, x):
+        g = self.gate.g
+        return self.lin(x[:, :4]) + 0.0 * torch.sqrt(g - g.detach() + 1 - x[:, 4].max())
+
+
+def flagged_batches(nan_steps, n_steps, dtype=torch.float64, batch_size=4):
+    """Batches of 4 in a fixed order; step ``s`` (counted from 1) is flagged for a NaN gate gradient if in ``nan_steps``."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n_steps * batch_size, 5, generator=g, dtype=dtype)
+    X[:, 4] = 0.0
+    for s in nan_steps:
+        X[(s - 1) * batch_size, 4] = 1.0
+    y = torch.randn(n_steps * batch_size, 2, generator=g, dtype=dtype)
+    return SeededBatches(TensorDataset(X, y), batch_size, shuffle=False)
+
+
+@pytest.mark.parametrize("clip", [{}, {"clip_norm": 1.0}, {"clip_value": 0.01}])
+def test_nan_gradient_is_named_before_clipping_spreads_it(clip):
+    # clip_grad_norm_ multiplies every gradient by c / norm: with a NaN norm all of them
+    # become NaN, so the check must come first to name the parameter that holds the NaN
+    model = FlaggedNaN()
+    seen = []
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), mse, flagged_batches([3], 5),
+                      TrainConfig(max_steps=5, **clip), callbacks=[lambda t: seen.append(t.step)])
+    assert list(model.state_dict())[0] == "lin.weight"  # the NaN is not in the first parameter
+    with pytest.raises(FloatingPointError, match=r"^step 3: the gradient of parameter 'gate\.g' has NaN or Inf entries$"):
+        trainer.fit()
+    assert seen == [1, 2]
+    assert trainer.non_finite_gradients() == ["gate.g"]  # and the other gradients were left finite
+
+
+def cpu_scaled_trainer(model, data, **config):
+    """A trainer whose steps go through a real ``GradScaler``: the fp16 code path on the CPU.
+
+    ``precision="fp16"`` needs CUDA; a CPU ``GradScaler`` unscales, skips and backs off the same
+    way on float64 gradients, so the counting of skipped steps runs here too.
+    """
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), mse, data, TrainConfig(**config))
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    return trainer
+
+
+@pytest.mark.parametrize("clip", [{}, {"clip_norm": 1.0}])
+def test_grad_scaler_skips_in_a_row_stop_the_run_naming_step_and_parameter(clip):
+    model = FlaggedNaN()
+    params_after = []
+    trainer = cpu_scaled_trainer(model, flagged_batches([2, 3, 5, 6, 7, 8], 9), max_steps=9, max_skipped_steps=3, **clip)
+    trainer.callbacks.append(lambda t: params_after.append([p.detach().clone() for p in model.parameters()]))
+    # steps 2, 3 skipped, 4 clean (the count starts again), 5, 6, 7 skipped: stop at 7
+    with pytest.raises(FloatingPointError, match=r"^step 7: the GradScaler skipped the last 3 steps \(steps 5 to 7\) "
+                                                 r"for NaN or Inf gradients; the gradient of parameter 'gate\.g'"):
+        trainer.fit()
+    assert trainer.skipped_in_a_row == 3
+    assert trainer.scaler.get_scale() == 2.0**16 / 2**5  # halved at each of the 5 skips
+    # a skipped step leaves every parameter as it was, a clean one moves them
+    same = [all(torch.equal(p, q) for p, q in zip(a, b)) for a, b in zip(params_after, params_after[1:])]
+    assert same == [True, True, False, True, True]  # steps 2, 3, 4, 5, 6 against the step before
+
+
+def test_grad_scaler_skips_are_not_counted_when_turned_off():
+    history = cpu_scaled_trainer(FlaggedNaN(), flagged_batches(range(1, 7), 6), max_steps=6, max_skipped_steps=None).fit()
+    assert len(history["loss"]) == 6 and all(n != n for n in history["grad_norm"])  # every norm NaN, no stop
+    history = cpu_scaled_trainer(FlaggedNaN(), flagged_batches(range(1, 7), 6), max_steps=6, check_finite=False).fit()
+    assert len(history["loss"]) == 6
+
+
+def test_count_skipped_counts_only_steps_in_a_row():
+    model = mlp()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), mse, [], TrainConfig(max_steps=10, max_skipped_steps=2))
+    trainer.count_skipped(True)
+    trainer.count_skipped(False)
+    trainer.count_skipped(True)
+    assert trainer.skipped_in_a_row == 1
+    with pytest.raises(FloatingPointError, match=r"^step 1: the GradScaler skipped the last 2 steps \(steps 0 to 1\)"):
+        trainer.count_skipped(True)  # trainer.step is still 0: the numbers are those of step + 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with GradScaler needs CUDA")
+def test_fp16_on_cuda_stops_when_gradients_stay_nan():
+    model = FlaggedNaN(dtype=torch.float32).cuda()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), mse, flagged_batches(range(1, 9), 8, dtype=torch.float32),
+                      TrainConfig(max_steps=8, precision="fp16", max_skipped_steps=5))
+    with pytest.raises(FloatingPointError, match=r"^step 5: the GradScaler skipped the last 5 steps \(steps 1 to 5\).*'gate\.g'"):
+        trainer.fit()
+    assert trainer.scaler.get_scale() == 2.0**16 / 2**5
+
+
 def test_check_finite_can_be_turned_off():
     history = run(Gated(), SeededBatches(regression(8), batch_size=4), max_steps=2, check_finite=False)
     assert history["grad_norm"][0] == float("inf")
@@ -253,6 +358,68 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, stop):
     assert history["loss"] == straight.history["loss"]
     assert history["lr"] == straight.history["lr"]
     assert history["val_loss"] == straight.history["val_loss"]
+
+
+def make_resumable_with(schedule, path, max_steps):
+    """As :func:`make_resumable`, with a per-epoch MultiStepLR or a ReduceLROnPlateau evaluated every step."""
+    model = mlp(7, dtype=torch.float32, dropout=0.3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 4, generator=g)
+    data = SeededBatches(TensorDataset(X, torch.randn(30, 2, generator=g)), batch_size=4, seed=9)
+    if schedule == "epoch":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 3], gamma=0.5)  # needs its epoch count
+        config = TrainConfig(max_steps=max_steps, accumulation=3, scheduler_interval="epoch", checkpoint_path=path)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+        config = TrainConfig(max_steps=max_steps, accumulation=3, eval_every=1, checkpoint_path=path)
+    return Trainer(model, opt, mse, data, config, scheduler=sched, val_data=[(X[:5], -X[:5, :2])])
+
+
+# epochs of 3 steps (3, 3 and 2 micro-batches): stop mid-epoch, or after an epoch's last step but
+# before its end is processed (the resumed run steps the scheduler first; torch's check of the
+# order of optimizer.step and scheduler.step then sees a fresh optimizer and warns)
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+@pytest.mark.parametrize("schedule, stop", [("epoch", 3), ("epoch", 4), ("epoch", 7), ("plateau", 4), ("plateau", 6)])
+def test_resume_with_epoch_and_plateau_schedulers_is_bit_identical(tmp_path, schedule, stop):
+    torch.manual_seed(123)
+    straight = make_resumable_with(schedule, None, 11)
+    straight.fit()
+
+    torch.manual_seed(123)
+    first = make_resumable_with(schedule, tmp_path / "ckpt.pt", stop)
+    first.fit()
+    torch.manual_seed(999)
+    resumed = make_resumable_with(schedule, tmp_path / "ckpt.pt", 11)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    history = resumed.fit()
+
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert history["loss"] == straight.history["loss"]
+    assert history["lr"] == straight.history["lr"]
+    assert history["val_loss"] == straight.history["val_loss"]
+    lrs = straight.history["lr"]
+    assert len(set(lrs[stop:])) > 1  # the schedule changes the rate after the stop
+    if schedule == "plateau":
+        assert first.schedulers[0].num_bad_epochs > 0  # the checkpoint holds a count in progress
+
+
+def test_progress_bar_shows_steps_loss_lr_and_tokens_per_second(capsys):
+    model = mlp()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), mse, SeededBatches(regression(12), batch_size=3),
+                      TrainConfig(epochs=3, progress=True, tokens_per_example=16))
+    history = trainer.fit()
+    bar = capsys.readouterr().err.split("\r")[-1]  # the bar's last state
+    assert "12/12" in bar
+    assert f"loss={history['loss'][-1]:.4g}, lr={history['lr'][-1]:.3g}, tok/s=" in bar
+    tokens_per_s = float(bar.split("tok/s=")[1].rstrip("]\n "))
+    assert tokens_per_s == pytest.approx(history["tokens_per_s"][-1], rel=5e-3)  # printed to 3 digits
+
+    run(mlp(), SeededBatches(regression(12), batch_size=3), epochs=1)
+    assert capsys.readouterr().err == ""  # off by default
+    run(mlp(), SeededBatches(regression(12), batch_size=3), epochs=1, progress=True)
+    assert "tok/s" not in capsys.readouterr().err  # only with tokens_per_example
 
 
 def test_checkpoint_is_saved_every_n_steps_and_loads_with_weights_only(tmp_path):
@@ -376,6 +543,7 @@ def test_plain_iterables_work_and_resume_by_skipping():
         ({"epochs": 1, "precision": "fp8"}, "precision"),
         ({"epochs": 1, "scheduler_interval": "batch"}, "scheduler_interval"),
         ({"epochs": 1, "checkpoint_every": 5}, "checkpoint_path"),
+        ({"epochs": 1, "max_skipped_steps": 0}, "max_skipped_steps must be >= 1 or None, got 0"),
     ],
 )
 def test_bad_config_raises_value_error(kwargs, match):
