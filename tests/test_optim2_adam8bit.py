@@ -33,7 +33,8 @@ def one_thread():
 
 
 def nearest_code(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Brute force: scale each block by its absmax and take the argmin of the distance to every code."""
+    """Brute force: scale each block by its absmax and take the argmin of the distance to every code,
+    except that under an unsigned map a positive value may not take the code 0."""
     flat = x.reshape(-1).float()
     q, absmax = torch.empty(flat.numel(), dtype=torch.uint8), []
     for start in range(0, flat.numel(), blocksize):
@@ -41,7 +42,10 @@ def nearest_code(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256) -> t
         scale = block.abs().max()
         absmax.append(scale)
         scaled = block / scale if scale > 0 else block
-        q[start:start + blocksize] = (scaled[:, None] - code[None, :]).abs().argmin(dim=1).to(torch.uint8)
+        distance = (scaled[:, None] - code[None, :]).abs()
+        if code.min() >= 0:
+            distance[(scaled[:, None] > 0) & (code[None, :] == 0)] = math.inf
+        q[start:start + blocksize] = distance.argmin(dim=1).to(torch.uint8)
     return q.view(x.shape), torch.stack(absmax)
 
 
@@ -91,9 +95,21 @@ def test_quantize_picks_the_nearest_code_block_by_block(shape, signed):
 
 
 def test_zeros_quantize_to_zero():
-    q, absmax = quantize_blockwise(torch.zeros(600), signed_map())
-    assert torch.equal(absmax, torch.zeros(3))
-    assert torch.equal(dequantize_blockwise(q, absmax, signed_map()), torch.zeros(600))
+    for code in (signed_map(), unsigned_map()):
+        q, absmax = quantize_blockwise(torch.zeros(600), code)
+        assert torch.equal(absmax, torch.zeros(3))
+        assert torch.equal(dequantize_blockwise(q, absmax, code), torch.zeros(600))
+
+
+def test_unsigned_map_never_rounds_a_positive_value_to_zero():
+    """A second moment v stored as 0 while m is not would make the next step m / eps: huge."""
+    x = torch.tensor([1.0, 1e-7, 1e-12, 1e-30, 0.0, 3e-7])
+    q, absmax = quantize_blockwise(x, unsigned_map())
+    smallest = unsigned_map()[1].item()  # 0.325e-6: the nearest code to 1e-7 would be 0
+    assert unsigned_map()[q.long()].tolist() == pytest.approx([1.0, smallest, smallest, smallest, 0.0, smallest])
+    # the signed map (for m) rounds to the nearest code, 0 included: a smaller m only shortens the step
+    q, absmax = quantize_blockwise(torch.tensor([1.0, 1e-7, -1e-7]), signed_map())
+    assert signed_map()[q.long()].tolist() == [1.0, 0.0, 0.0]
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -261,6 +277,8 @@ def test_state_dict_round_trips_the_codes_exactly():
     for group in new.param_groups:
         group["initial_lr"] = group["lr"]  # as a scheduler created before the save would have left it
     new.load_state_dict(saved)
+    assert new.state[resumed[0]]["exp_avg"].dtype == torch.uint8  # torch's loading would make it float
+    assert new.state[resumed[0]]["exp_avg_sq"].dtype == torch.uint8
     train(resumed, new, 6, done=6)
     for p, q in zip(resumed, straight):
         assert torch.equal(p, q)
@@ -321,11 +339,8 @@ def test_drift_from_fp32_adam_is_no_larger_than_bitsandbytes(ours, theirs_name, 
     """Same gradients, same fp32 reference (AdamW's with weight decay). Measured over seeds 0-9:
     ours / bitsandbytes' drift between 0.995 and 1.006; the tolerance is 2 %.
 
-    The gradients are dense N(0, 0.01) noise, the setting of the 8-bit Adam comparison. With gradients
-    that are exactly zero for long stretches (the border pixels of the digits), nearest-code rounding
-    can store a small v as 0 while m is not, and the step m/eps is large; bitsandbytes' CPU quantizer
-    never rounds a positive value to 0 and does not show it. Lesson 06 measures this and its remedy
-    (32-bit state for that layer through ``min_8bit_size``)."""
+    The gradients are dense N(0, 0.01) noise, the setting of the 8-bit Adam comparison; the next test
+    takes gradients that are tiny or zero on many steps."""
     bnb = pytest.importorskip("bitsandbytes")
     theirs = getattr(bnb.optim, theirs_name)
     reference = torch.optim.AdamW if config else torch.optim.Adam
@@ -345,3 +360,41 @@ def test_drift_from_fp32_adam_is_no_larger_than_bitsandbytes(ours, theirs_name, 
         drift_bnb = (final["bnb"] - final["fp32"]).abs().mean().item()
         assert drift_ours <= 1.02 * drift_bnb
         assert (final["ours"] - final["bnb"]).abs().mean().item() < 0.2 * drift_bnb
+
+
+def rare_feature_gradients(seed: int, steps: int = 60, shape=(64, 128)) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A weight whose input columns are dense features (gradient N(0, 0.01)) or, a quarter of them,
+    rare ones: gradient 1e-4 times that on 10 % of the steps and exactly zero otherwise, like the
+    border pixels of the digits. Every block of 256 values mixes both kinds."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(shape, generator=gen) * 0.1
+    rare = torch.rand(shape[1], generator=gen) < 0.25
+    grads = []
+    for _ in range(steps):
+        active = torch.rand(shape[1], generator=gen) < 0.1
+        scale = torch.where(rare, torch.where(active, 1e-4, 0.0), 1.0)
+        grads.append(torch.randn(shape, generator=gen) * 0.01 * scale)
+    return theta, grads
+
+
+def test_drift_with_rare_features_is_no_larger_than_bitsandbytes():
+    """Drift from fp32 Adam, relative to how far fp32 Adam moved, where many gradient coordinates are
+    tiny or zero for long stretches. Measured over seeds 0-4: ours 0.35-0.38, bitsandbytes 0.40-0.43
+    (ours / theirs 0.88-0.90); the tolerance is 1.25 x bitsandbytes'. A quantizer that rounds such a
+    coordinate's small v to 0 while its m is not 0 drifts 29-32, seventy times more: its next steps
+    are m / eps."""
+    bnb = pytest.importorskip("bitsandbytes")
+    for seed in range(2):
+        theta, grads = rare_feature_gradients(seed)
+        final = {}
+        for name, build in (("fp32", torch.optim.Adam), ("ours", Adam8bit), ("bnb", bnb.optim.Adam8bit)):
+            p = theta.clone().requires_grad_()
+            opt = build([p], lr=1e-3)
+            for g in grads:
+                p.grad = g.clone()
+                opt.step()
+            final[name] = p.detach()
+        moved = (final["fp32"] - theta).norm()
+        drift_ours = ((final["ours"] - final["fp32"]).norm() / moved).item()
+        drift_bnb = ((final["bnb"] - final["fp32"]).norm() / moved).item()
+        assert 0 < drift_ours <= 1.25 * drift_bnb, (drift_ours, drift_bnb)

@@ -114,6 +114,9 @@ CONFIGS = [
 def test_trajectory_equals_torch_muon_with_float64_newton_schulz(config, monkeypatch):
     import torch.optim._muon as torch_muon
 
+    if not hasattr(torch_muon, "_zeropower_via_newtonschulz"):
+        pytest.skip(f"torch {torch.__version__} has no torch.optim._muon._zeropower_via_newtonschulz to run "
+                    "in float64; the bfloat16 comparison below still runs")
     def float64_newton_schulz(grad, coefficients, steps, eps, *_):  # later versions add use_addmm
         return newton_schulz(grad, tuple(coefficients), steps, eps, dtype=torch.float64)
 

@@ -8,6 +8,7 @@ a 0-dim parameter and a non-contiguous one.
 
 from __future__ import annotations
 
+import inspect
 import io
 from itertools import product
 from typing import Any, Callable
@@ -100,9 +101,17 @@ ADAM_CONFIGS = flags(lr=(0.01,), amsgrad=(False, True), weight_decay=(0.0, 0.1),
                      decoupled_weight_decay=(False, True)) + [dict(lr=0.01, betas=(0.5, 0.9), eps=1e-3)]
 ADAMW_CONFIGS = flags(lr=(0.01,), amsgrad=(False, True), weight_decay=(0.0, 0.1), maximize=(False, True))
 NADAM_CONFIGS = flags(lr=(0.01,), weight_decay=(0.0, 0.1), decoupled_weight_decay=(False, True),
-                      maximize=(False, True), momentum_decay=(4e-3, 0.1))
+                      maximize=(False, True), momentum_decay=(4e-3, 0.1)) + [
+    dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, momentum_decay=0.02),
+    dict(lr=0.01, betas=(0.5, 0.99), eps=0.1, momentum_decay=0.0, weight_decay=0.1, decoupled_weight_decay=True),
+    dict(lr=0.01, betas=(0.0, 0.5), eps=0.0, momentum_decay=1.0),
+]
 RADAM_CONFIGS = flags(lr=(0.01,), weight_decay=(0.0, 0.1), decoupled_weight_decay=(False, True),
-                      maximize=(False, True), betas=((0.9, 0.999), (0.8, 0.9)))
+                      maximize=(False, True), betas=((0.9, 0.999), (0.8, 0.9))) + [
+    dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3),
+    dict(lr=0.01, betas=(0.8, 0.9), eps=0.1, weight_decay=0.1, decoupled_weight_decay=True),
+    dict(lr=0.01, betas=(0.5, 0.8), eps=0.0, weight_decay=0.1, decoupled_weight_decay=False),
+]
 
 
 def torch_adam(params, decoupled_weight_decay: bool = False, **config):
@@ -189,6 +198,29 @@ def test_fast_paths_equal_the_loop(cls, config, device):
                     assert torch.equal(opt.state[p][key], value) if exact else torch.allclose(opt.state[p][key], value)
                 else:
                     assert opt.state[p][key] == value
+
+
+FOREACH_CASES = [
+    (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.3, maximize=True)),
+    (co.SGD, torch.optim.SGD, dict(lr=0.1)),
+    (co.Adam, torch_adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    (co.Adam, torch_adam, dict(lr=0.01, maximize=True, decoupled_weight_decay=True, weight_decay=0.1)),
+    (co.AdamW, torch.optim.AdamW, dict(lr=0.01, betas=(0.5, 0.9), eps=1e-3)),
+]
+
+
+@pytest.mark.parametrize("torch_foreach", [False, True], ids=["torch-loop", "torch-foreach"])
+@pytest.mark.parametrize("ours_cls, torch_make, config", FOREACH_CASES, ids=[case_id(c) for c in FOREACH_CASES])
+def test_foreach_path_matches_torch_under_a_scheduler(ours_cls, torch_make, config, torch_foreach):
+    """course_lib's multi-tensor path against torch's loop and its foreach path, with LambdaLR changing lr
+    every step (the lr reaches the kernels as a number, read afresh at each step)."""
+    ours_params, ours = run(lambda p, **c: ours_cls(p, foreach=True, **c), config)
+    assert ours.implementation(ours.param_groups[0], torch.device("cpu")) == "foreach"
+    ref_params, ref = run(lambda p, **c: torch_make(p, foreach=torch_foreach, **c), config)
+    for p, q in zip(ours_params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert_same_state(ours, ref, ours_params, ref_params)
 
 
 def test_tiles_cover_large_tensors_exactly():
@@ -344,3 +376,128 @@ def test_state_dict_survives_save_and_weights_only_load(cls, config):
     resumed_params, new = resumed()
     for p, q in zip(resumed_params, straight):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("foreach", [False, None, True], ids=["loop", "tiled", "foreach"])
+def test_sgd_momentum_switched_on_later_starts_its_buffer_like_torch(foreach):
+    """momentum 0 for three steps, then 0.9 with dampening: the buffer starts at that step's gradient, as
+    in torch; switched off and on again, the old buffer comes back, as in torch."""
+    config = dict(lr=0.1, weight_decay=0.1)
+
+    def switching(make):
+        params = make_params()
+        opt = make(groups(params, config), **config)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t))
+        for t in range(STEPS):
+            momentum = 0.9 if 3 <= t < 12 or t >= 15 else 0.0
+            for group in opt.param_groups:
+                group.update(momentum=momentum, dampening=0.3 if momentum else 0.0)
+            set_grads(params, t)
+            opt.step()
+            sched.step()
+        return params, opt
+
+    ours_params, ours = switching(lambda p, **c: co.SGD(p, foreach=foreach, **c))
+    ref_params, ref = switching(lambda p, **c: torch.optim.SGD(p, foreach=False, **c))
+    for p, q in zip(ours_params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"],
+                                   rtol=1e-10, atol=1e-12)
+
+
+# --- drop-in: signatures, and runs started with torch.optim ---------------------------------------
+
+TWINS = [(cls, getattr(torch.optim, cls.__name__))
+         for cls in (co.SGD, co.Adam, co.AdamW, co.Adagrad, co.RMSprop, co.NAdam, co.RAdam, co.Adafactor, co.Muon)
+         if hasattr(torch.optim, cls.__name__)]
+
+
+@pytest.mark.parametrize("ours, theirs", TWINS, ids=[c.__name__ for c, _ in TWINS])
+def test_signature_matches_torch(ours, theirs):
+    """torch's parameters, in torch's order, with torch's kinds (positional or keyword-only) and defaults;
+    course_lib's own extras come after them, keyword-only, and the class docstring describes each."""
+    mine = list(inspect.signature(ours).parameters.values())
+    reference = list(inspect.signature(theirs).parameters.values())
+    assert len(mine) >= len(reference)
+    for a, b in zip(mine, reference):
+        assert (a.name, a.kind) == (b.name, b.kind), f"{a} is {b} in torch"
+        assert a.default == b.default or (a.default is b.default), f"{a.name}: {a.default!r} vs {b.default!r}"
+    for extra in mine[len(reference):]:
+        assert extra.kind is inspect.Parameter.KEYWORD_ONLY, extra.name
+        assert f"{extra.name}:" in ours.__doc__, f"{extra.name} is not documented"
+
+
+def test_rmsprop_takes_torchs_positional_arguments():
+    """RMSprop(params, lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach, maximize)."""
+    trajectories = []
+    for cls in (co.RMSprop, torch.optim.RMSprop):
+        p = torch.tensor([1.0, -2.0], requires_grad=True)
+        opt = cls([p], 0.01, 0.9, 1e-8, 0.0, 0.5, True, False, False, True)
+        assert opt.param_groups[0]["maximize"] and opt.param_groups[0]["centered"]
+        for t in range(5):
+            p.grad = p.detach() + t
+            opt.step()
+        trajectories.append(p.detach())
+    torch.testing.assert_close(*trajectories, rtol=1e-12, atol=1e-14)
+
+
+FROM_TORCH = [
+    (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+    (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.3, maximize=True)),
+    (co.SGD, torch.optim.SGD, dict(lr=0.1)),
+    (co.Adam, torch.optim.Adam, dict(lr=0.01)),
+    (co.Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    (co.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
+    (co.AdamW, torch.optim.AdamW, dict(lr=0.01, amsgrad=True, maximize=True)),
+    (co.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
+    (co.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
+    (co.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.1)),
+    (co.RAdam, torch.optim.RAdam, dict(lr=0.01)),
+]
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, config", FROM_TORCH, ids=[case_id(c) for c in FROM_TORCH])
+def test_continues_a_run_started_with_torch(ours_cls, torch_cls, config):
+    """10 steps with torch.optim.X, its state_dict saved and loaded (weights_only) into course_lib's X,
+    10 more steps: the same trajectory as 20 steps of torch.optim.X (float64)."""
+    make_torch = lambda p, **c: torch_cls(p, foreach=False, **c)  # noqa: E731
+    straight, _ = run(make_torch, config, steps=20)
+    params, ref = run(make_torch, config, steps=10)
+    buffer = io.BytesIO()
+    torch.save(ref.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    fresh = [p.detach().clone().requires_grad_() for p in params]
+    ours = ours_cls(groups(fresh, config), **config)
+    ours.load_state_dict(saved)
+    own_params, own = run(ours_cls, config, steps=10)  # the state course_lib itself would hold now
+    for p, q, r in zip(fresh, params, own_params):
+        state, theirs, expected = ours.state[p], ref.state[q], own.state[r]
+        if not theirs:  # SGD without momentum keeps no state; the step count starts at the next step
+            assert not state and ours_cls is co.SGD
+            continue
+        assert {k: type(v) for k, v in state.items()} == {k: type(v) for k, v in expected.items()}
+        if "step" in theirs:
+            assert state["step"] == expected["step"] == int(theirs["step"])
+    sched = torch.optim.lr_scheduler.LambdaLR(ours, lambda t: 1 / (1 + 0.1 * t), last_epoch=9)
+    for t in range(10, 20):
+        set_grads(fresh, t)
+        ours.step()
+        sched.step()
+    for p, q in zip(fresh, straight):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_a_group_saved_without_a_newer_hyperparameter_takes_its_default():
+    """torch before 2.7 saved AdamW's groups without decoupled_weight_decay (nor fused, capturable, ...)."""
+    params, ref = run(lambda p, **c: torch.optim.AdamW(p, foreach=False, **c), dict(lr=0.01, weight_decay=0.1))
+    saved = ref.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("decoupled_weight_decay", "fused", "capturable", "differentiable"):
+            del group[key]
+    ours = co.AdamW(groups([p.detach().clone().requires_grad_() for p in params], dict(lr=0.01)))
+    ours.load_state_dict(saved)
+    for group in ours.param_groups:
+        assert group["decoupled_weight_decay"] is True and group["fused"] is None
+        assert group["weight_decay"] in (0.1, 0.2)  # the saved values, not the defaults

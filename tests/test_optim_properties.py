@@ -7,6 +7,7 @@ points.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -255,14 +256,76 @@ def test_sparse_gradients_are_rejected_with_a_clear_error():
         co.Adagrad(emb.parameters()).step()
 
 
-def test_sgd_momentum_switched_on_after_the_first_step_is_an_error():
-    p = torch.ones(2, requires_grad=True)
-    opt = co.SGD([p], lr=0.1)
-    p.grad = torch.ones(2)
-    opt.step()
-    opt.param_groups[0]["momentum"] = 0.9
-    with pytest.raises(RuntimeError, match="momentum"):
+STRICTER_THAN_TORCH = [
+    (co.SGD, torch.optim.SGD, dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
+    (co.SGD, torch.optim.SGD, dict(momentum=1.5), "momentum"),
+    (co.SGD, torch.optim.SGD, dict(dampening=1.5), r"dampening must be in \[0.0, 1.0\]"),
+    (co.SGD, torch.optim.SGD, dict(dampening=-0.5), "dampening"),
+    (co.RMSprop, torch.optim.RMSprop, dict(alpha=1.0), r"alpha must be in \[0.0, 1.0\)"),
+    (co.RMSprop, torch.optim.RMSprop, dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
+]
+
+
+@pytest.mark.parametrize("ours, theirs, kw, match", STRICTER_THAN_TORCH,
+                         ids=[f"{c.__name__}-{k}" for c, _, k, _ in STRICTER_THAN_TORCH])
+def test_validation_stricter_than_torch_as_documented(ours, theirs, kw, match):
+    """torch accepts these values (the docstrings say so); course_lib rejects them, naming the argument."""
+    theirs([torch.zeros(2, requires_grad=True)], **kw)
+    with pytest.raises(ValueError, match=match):
+        ours([torch.zeros(2, requires_grad=True)], **kw)
+    name = next(iter(kw))
+    assert "stricter than torch" in ours.__doc__ and f"``{name}" in ours.__doc__
+
+
+TORCH_ONLY_FEATURES = [(cls, name) for cls in DEFAULTS for name, default in
+                       (("capturable", False), ("differentiable", False), ("fused", None))
+                       if name in inspect.signature(getattr(torch.optim, cls.__name__)).parameters]
+
+
+@pytest.mark.parametrize("cls, name", TORCH_ONLY_FEATURES, ids=[f"{c.__name__}-{n}" for c, n in TORCH_ONLY_FEATURES])
+def test_torch_only_features_accepted_at_their_defaults_and_rejected_otherwise(cls, name):
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    default = inspect.signature(cls).parameters[name].default
+    assert default == inspect.signature(getattr(torch.optim, cls.__name__)).parameters[name].default
+    allowed = [default, False] if name == "fused" else [default]
+    for value in allowed:
+        opt = cls([a], **{name: value})
+        a.grad = torch.ones(2)
         opt.step()
+        assert opt.param_groups[0][name] == value
+    with pytest.raises(ValueError, match=f"{name} must be") as error:
+        cls([a], **{name: True})
+    assert f"torch.optim.{cls.__name__}({name}=True)" in str(error.value)
+    if name == "fused":
+        assert "foreach=True" in str(error.value)
+    with pytest.raises(ValueError, match=name):  # a param group may not switch it on either
+        cls([a]).add_param_group({"params": [b], name: True})
+
+
+def test_rmsprop_momentum_and_centered_switched_on_later_start_at_zero():
+    """Switched on at step 4, the momentum buffer and the average of gradients start at zero then:
+    the oracle is torch's RMSprop with zero buffers put into its state at that step."""
+    def trajectory(make, add_buffers=None):
+        p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+        opt = make([p], lr=0.01)
+        for t in range(8):
+            if t == 3:
+                opt.param_groups[0].update(momentum=0.9, centered=True)
+                if add_buffers:
+                    add_buffers(opt.state[p], p)
+            p.grad = torch.sin(torch.arange(3.0, dtype=torch.float64) + t) + p.detach()
+            opt.step()
+        return p.detach(), opt.state[p]
+
+    def zeros(state, p):
+        state["momentum_buffer"] = torch.zeros_like(p)
+        state["grad_avg"] = torch.zeros_like(p)
+
+    ours, ours_state = trajectory(co.RMSprop)
+    theirs, their_state = trajectory(lambda p, **kw: torch.optim.RMSprop(p, foreach=False, **kw), zeros)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    for key in ("square_avg", "momentum_buffer", "grad_avg"):
+        torch.testing.assert_close(ours_state[key], their_state[key], rtol=1e-12, atol=1e-14)
 
 
 # --- the base class's plug-in points --------------------------------------------------------------

@@ -14,7 +14,12 @@ Every optimizer in :mod:`course_lib.optim` is a :class:`torch.optim.Optimizer` s
   ``state["step"]`` (a Python ``int``; state values are tensors or plain numbers, so
   ``torch.load(..., weights_only=True)`` reads a saved ``state_dict``);
 * picks the implementation of the update: the plain per-tensor loop, a tiled loop on the CPU, or
-  a multi-tensor ``torch._foreach_*`` kernel (see "Fast paths" below).
+  a multi-tensor ``torch._foreach_*`` kernel (see "Fast paths" below);
+* accepts torch's ``capturable``, ``differentiable`` and ``fused`` arguments at their defaults and
+  raises ``ValueError`` for the features behind them (CUDA-graph capture, differentiating through
+  the step, fused kernels), which course_lib does not implement;
+* loads a ``state_dict`` saved by the matching :mod:`torch.optim` optimizer (see
+  :meth:`CourseOptimizer.load_state_dict`).
 
 How a subclass plugs in
 -----------------------
@@ -141,6 +146,21 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     def validate(self, group: dict[str, Any]) -> None:
         """Check one group's hyperparameters; subclasses extend this."""
         check_range("lr", group["lr"])
+        self._check_torch_only_features(group)
+
+    def _check_torch_only_features(self, group: dict[str, Any]) -> None:
+        """Reject the non-default values of torch's ``capturable``, ``differentiable`` and ``fused``."""
+        name = type(self).__name__
+        torch_twin = f"torch.optim.{name}" if hasattr(torch.optim, name) else "a torch.optim optimizer"
+        if group.get("capturable", False):
+            raise ValueError(f"capturable must be False: {name} does not support CUDA-graph capture; "
+                             f"use {torch_twin}(capturable=True)")
+        if group.get("differentiable", False):
+            raise ValueError(f"differentiable must be False: {name} steps under torch.no_grad(); "
+                             f"use {torch_twin}(differentiable=True) to differentiate through a step")
+        if group.get("fused", None):
+            raise ValueError(f"fused must be None or False: {name} has no fused kernel; use foreach=True "
+                             f"(one multi-tensor kernel per operation) or {torch_twin}(fused=True)")
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         """The initial state of ``param``; optimizers without state keep this default."""
@@ -149,6 +169,51 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     @abstractmethod
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         """Apply this optimizer's update to one tensor ``param`` in place."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state as :meth:`torch.optim.Optimizer.load_state_dict` does, and also accept torch's.
+
+        On top of torch's loading (which matches parameters by position and moves floating-point
+        state to each parameter's device and dtype):
+
+        * state that was saved as integer codes (8-bit moments) keeps its integer dtype;
+        * ``step`` becomes a Python ``int``: torch keeps it as a tensor; a state without ``step``
+          (torch's SGD does not count steps) gets :meth:`missing_step`;
+        * :meth:`adopt_state` converts what else a subclass stores differently from torch;
+        * a group that lacks one of this optimizer's hyperparameters (a state saved by an older
+          torch, say) takes its default.
+
+        So a run started with ``torch.optim.Adam`` continues with ``course_lib.optim.Adam`` on the
+        same trajectory.
+        """
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        for saved_id, param in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id)
+            if not saved or param not in self.state:
+                continue
+            state = self.state[param]
+            for key, value in saved.items():
+                if key != "step" and isinstance(value, Tensor) and not value.is_floating_point():
+                    state[key] = state[key].to(value.dtype)
+            step = state.get("step")
+            state["step"] = self.missing_step(state) if step is None else int(step)
+            self.adopt_state(state)
+
+    def missing_step(self, state: State) -> int:
+        """The step count to assume for a loaded state that has none.
+
+        0 by default: the count restarts, which is right for an update that does not read it. An
+        optimizer whose first step is special (SGD starts its momentum buffer there) overrides this.
+        """
+        return 0
+
+    def adopt_state(self, state: State) -> None:
+        """Convert one loaded state from torch's form to this optimizer's, in place (default: nothing)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, **kwargs: Any) -> Tensor | None:

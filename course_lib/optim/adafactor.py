@@ -138,6 +138,9 @@ class Adafactor(CourseOptimizer):
     Hugging Face's ``Adafactor(lr=None, relative_step=True, scale_parameter=True,
     warmup_init=False, clip_threshold=d, beta1=b)`` is ``Adafactor(lr=1e-2, variant="paper",
     beta1=b, d=d)`` here, with ``eps=(1e-30, 1e-3)`` and ``beta2_decay=-0.8`` as both defaults.
+    This holds with ``weight_decay=0`` only: Hugging Face shrinks the weights by
+    :math:`1 - \alpha_t\lambda`, with the step size :math:`\alpha_t` (relative step times
+    parameter scale), where this class, like torch, uses :math:`1 - \eta\lambda`.
 
     State: ``row_var`` and ``col_var`` (a factored tensor) or ``variance``, plus ``exp_avg`` with
     ``beta1``.

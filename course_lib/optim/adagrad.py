@@ -63,6 +63,8 @@ class Adagrad(CourseOptimizer):
         eps: :math:`\epsilon \ge 0`, added to the denominator.
         foreach: ``False`` the per-tensor loop; ``None`` or ``True`` the tiled loop on the CPU.
         maximize: ascend the objective instead of descending it.
+        differentiable, fused: torch's arguments, accepted at their defaults (``False``,
+            ``None``); other values raise ``ValueError``.
 
     Unlike :class:`torch.optim.Adagrad`, the state is created at a parameter's first step
     (not in the constructor), and sparse gradients are not supported.
@@ -81,10 +83,12 @@ class Adagrad(CourseOptimizer):
         foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize)
+                        maximize=maximize, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults)
 
     def validate(self, group: dict[str, Any]) -> None:

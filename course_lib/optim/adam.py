@@ -121,6 +121,8 @@ class Adam(CourseOptimizer):
         maximize: ascend the objective instead of descending it.
         foreach: ``False`` the per-tensor loop, ``True`` the ``torch._foreach_*`` kernels,
             ``None`` the faster path for the device.
+        capturable, differentiable, fused: torch's arguments, accepted at their defaults
+            (``False``, ``False``, ``None``); other values raise ``ValueError``.
         decoupled_weight_decay: shrink the weights directly instead of adding an L2 gradient.
     """
 
@@ -137,10 +139,14 @@ class Adam(CourseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
@@ -193,6 +199,10 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
-                         maximize=maximize, decoupled_weight_decay=True)
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         fused=fused, decoupled_weight_decay=True)

@@ -80,8 +80,11 @@ class NAdam(CourseOptimizer):
         foreach: accepted for compatibility; NAdam always runs the per-tensor loop (its state
             holds a running product, a number that a tiled loop would update once per tile).
         maximize: ascend the objective instead of descending it.
+        capturable, differentiable: torch's arguments, accepted at their default ``False``;
+            ``True`` raises ``ValueError``.
 
-    The state's ``mu_product`` is a Python float (torch keeps a 0-dim tensor).
+    The state's ``mu_product`` is a Python float (torch keeps a 0-dim tensor; loading torch's
+    state converts it).
     """
 
     def __init__(
@@ -96,10 +99,13 @@ class NAdam(CourseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        foreach=foreach, maximize=maximize)
+                        foreach=foreach, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable)
         super().__init__(params, defaults)
 
     def validate(self, group: dict[str, Any]) -> None:
@@ -108,6 +114,10 @@ class NAdam(CourseOptimizer):
         check_range("eps", group["eps"])
         check_range("weight_decay", group["weight_decay"])
         check_range("momentum_decay", group["momentum_decay"])
+
+    def adopt_state(self, state: State) -> None:
+        if isinstance(state.get("mu_product"), Tensor):
+            state["mu_product"] = state["mu_product"].item()
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         return {

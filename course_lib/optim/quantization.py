@@ -78,14 +78,27 @@ def quantize_blockwise(x: Tensor, code: Tensor, blocksize: int = 256) -> tuple[T
     :math:`x / \text{absmax}` goes to the nearest code value: ``code`` is sorted, so the midpoints
     between neighbouring codes are the decision boundaries and ``torch.bucketize`` (a binary
     search) finds the interval.
+
+    One exception: under an unsigned map (no negative codes, as for Adam's second moment
+    :math:`v`), a positive value never becomes 0; it takes at least the smallest positive code.
+    A :math:`v` stored as 0 next to a first moment :math:`m` that is not 0 would turn the next step
+    into :math:`\eta\, m / \epsilon`, a huge step, on every coordinate whose gradient is small
+    compared with the largest one in its block and then zero for a while (rare input features,
+    padding). Rounding :math:`v` up instead only makes that coordinate's step smaller.
+    bitsandbytes 0.50's CPU quantizer never stores a positive value as 0 either: it sends every
+    value smaller than about :math:`2 \cdot 10^{-5}` times absmax, zero included, to one small code.
     """
     flat = x.detach().reshape(-1).to(torch.float32)
     blocks = _blocks(flat, blocksize)
     absmax = blocks.abs().amax(dim=1)
     scaled = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(1)
+    scaled = scaled.view(-1)[: flat.numel()]
     boundaries = (code[:-1] + code[1:]) / 2
-    q = torch.bucketize(scaled.view(-1)[: flat.numel()], boundaries).to(torch.uint8)
-    return q.view(x.shape), absmax
+    q = torch.bucketize(scaled, boundaries)
+    if code[0] >= 0:  # unsigned map: keep positive values positive
+        smallest_positive = int((code <= 0).sum())
+        q = torch.where(scaled > 0, q.clamp(min=smallest_positive), q)
+    return q.to(torch.uint8).view(x.shape), absmax
 
 
 def dequantize_blockwise(q: Tensor, absmax: Tensor, code: Tensor, blocksize: int = 256) -> Tensor:

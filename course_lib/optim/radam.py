@@ -82,6 +82,8 @@ class RAdam(CourseOptimizer):
         decoupled_weight_decay: shrink the weights directly instead of adding an L2 gradient.
         foreach: ``False`` the per-tensor loop; ``None`` or ``True`` the tiled loop on the CPU.
         maximize: ascend the objective instead of descending it.
+        capturable, differentiable: torch's arguments, accepted at their default ``False``;
+            ``True`` raises ``ValueError``.
     """
 
     tileable = True
@@ -97,10 +99,12 @@ class RAdam(CourseOptimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
-                        maximize=maximize)
+                        maximize=maximize, capturable=capturable, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def validate(self, group: dict[str, Any]) -> None:

@@ -77,8 +77,22 @@ class RMSprop(CourseOptimizer):
         weight_decay: L2 penalty :math:`\lambda \ge 0`, added to the gradient.
         momentum: momentum factor :math:`\mu \in [0, 1)`.
         centered: divide by an estimate of the gradient's variance instead of its second moment.
+        capturable: torch's argument, accepted at its default ``False``; ``True`` raises
+            ``ValueError``.
         foreach: ``False`` the per-tensor loop; ``None`` or ``True`` the tiled loop on the CPU.
         maximize: ascend the objective instead of descending it.
+        differentiable: torch's argument, accepted at its default ``False``; ``True`` raises
+            ``ValueError``.
+
+    The arguments after ``params`` may be given by position, in torch's order.
+
+    Validation is stricter than torch's, which checks only ``alpha >= 0`` and ``momentum >= 0``:
+    ``alpha >= 1`` (an average of squared gradients that never takes in a gradient, so the
+    step is :math:`g / \epsilon`) and ``momentum >= 1`` raise ``ValueError`` here.
+
+    Momentum or ``centered`` switched on after a parameter's first step (torch raises
+    ``KeyError`` then): the momentum buffer, or the average of gradients, starts at zero at that
+    step, as it does at a first step.
     """
 
     tileable = True
@@ -92,12 +106,14 @@ class RMSprop(CourseOptimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
-        *,
+        capturable: bool = False,
         foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, foreach=foreach, maximize=maximize)
+                        centered=centered, capturable=capturable, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable)
         super().__init__(params, defaults)
 
     def validate(self, group: dict[str, Any]) -> None:
@@ -114,6 +130,15 @@ class RMSprop(CourseOptimizer):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
+
+    def step_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
+    ) -> None:
+        for param, state in zip(params, states):  # momentum or centered switched on after the start
+            for name, needed in (("momentum_buffer", group["momentum"] > 0), ("grad_avg", group["centered"])):
+                if needed and name not in state:
+                    state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        super().step_group(group, params, grads, states)
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         rmsprop_update(param, grad, state, step=state["step"], lr=float(group["lr"]),

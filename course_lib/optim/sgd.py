@@ -91,15 +91,29 @@ class SGD(CourseOptimizer):
     Args:
         params: parameters or param groups.
         lr: learning rate :math:`\eta \ge 0`.
-        momentum: momentum factor :math:`\mu \in [0, 1)`. If it is to be non-zero for a
-            parameter, it must be non-zero at that parameter's first step (a scheduler may change
-            its value later, e.g. OneCycleLR).
+        momentum: momentum factor :math:`\mu \in [0, 1)`; a scheduler may change it between
+            steps (e.g. OneCycleLR).
         dampening: dampening :math:`\tau \in [0, 1]` of the gradient added to the buffer.
         weight_decay: L2 penalty :math:`\lambda \ge 0`, added to the gradient.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
         maximize: ascend the objective instead of descending it.
         foreach: ``False`` the per-tensor loop, ``True`` the ``torch._foreach_*`` kernels,
             ``None`` the faster of the two fast paths for the device.
+        differentiable, fused: torch's arguments, accepted at their defaults (``False``,
+            ``None``); other values raise ``ValueError``.
+
+    Validation is stricter than torch's, which checks only ``momentum >= 0``: ``momentum >= 1``
+    (a buffer that never forgets, or grows) and ``dampening`` outside :math:`[0, 1]` (a
+    negative or sign-flipping weight on the gradient) raise ``ValueError`` here.
+
+    Momentum switched on after a parameter's first step (``momentum`` 0 at the start, then
+    non-zero) behaves as in torch: that parameter's buffer starts at the gradient of the first
+    step taken with momentum, as if that step were its first. A buffer that exists stays in the
+    state while momentum is 0 (and is neither used nor updated), and is used again if momentum
+    returns, as in torch.
+
+    Loading a state saved by :class:`torch.optim.SGD` (which keeps no step count) counts a
+    parameter that has a momentum buffer as past its first step.
     """
 
     tileable = True
@@ -115,9 +129,12 @@ class SGD(CourseOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize, foreach=foreach)
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
         super().__init__(params, defaults)
 
     def validate(self, group: dict[str, Any]) -> None:
@@ -136,19 +153,35 @@ class SGD(CourseOptimizer):
             return {}
         return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
-    def _hyperparameters(self, group: dict[str, Any], states: list[State]) -> dict[str, Any]:
-        if group["momentum"] != 0 and any("momentum_buffer" not in s for s in states):
-            raise RuntimeError(
-                "SGD: momentum became non-zero after a parameter's first step; create the optimizer "
-                "with momentum > 0 from the start (schedulers may change its value later)"
-            )
+    def missing_step(self, state: State) -> int:
+        return 1 if "momentum_buffer" in state else 0
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
                     weight_decay=group["weight_decay"], nesterov=group["nesterov"])
 
+    def step_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
+    ) -> None:
+        if group["momentum"] != 0 and any("momentum_buffer" not in s for s in states):
+            # momentum switched on after these parameters' first step: start their buffers now,
+            # at this step's gradient, as a first step does (and as torch does)
+            rest = []
+            for param, grad, state in zip(params, grads, states):
+                if "momentum_buffer" in state:
+                    rest.append((param, grad, state))
+                else:
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    sgd_update(param, grad, state, step=1, **self._hyperparameters(group))
+            if not rest:
+                return
+            params, grads, states = (list(column) for column in zip(*rest))
+        super().step_group(group, params, grads, states)
+
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
-        sgd_update(param, grad, state, step=state["step"], **self._hyperparameters(group, [state]))
+        sgd_update(param, grad, state, step=state["step"], **self._hyperparameters(group))
 
     def update_foreach(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: dict[str, Any]
     ) -> None:
-        sgd_update_foreach(params, grads, states, **self._hyperparameters(group, states))
+        sgd_update_foreach(params, grads, states, **self._hyperparameters(group))
