@@ -3,10 +3,13 @@
     python benchmarks/bench_optim_step.py                      # CPU, default settings
     python benchmarks/bench_optim_step.py --device cuda        # adds torch's fused kernel
     python benchmarks/bench_optim_step.py --repeats 60 --out results.json --out results.md
+    python benchmarks/bench_optim_step.py --scale 0.02 --repeats 3   # tiny shapes: a check that it runs
 
 The parameters have the shapes of a small GPT-2 (6 layers, width 512, 20480-token vocabulary,
 context 512): 76 float32 tensors, 29.7M parameters, from 512 values (a LayerNorm) to 10.5M (the
-token embedding). Every tensor has a gradient.
+token embedding). Every tensor has a gradient. ``--scale s`` multiplies the width, the vocabulary,
+the context and the reference copy's length by ``s`` (so the parameter count by about ``s**2``);
+timings at a small scale measure overheads, not bandwidth.
 
 What is measured, per implementation:
 * time of one ``step()``: the median (and quartiles) over ``--repeats`` steps. The implementations
@@ -97,11 +100,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
-def make_params(device: torch.device) -> list[torch.Tensor]:
+def scaled_shapes(scale: float) -> list[tuple]:
+    """:func:`gpt2_like_shapes` with width, vocabulary and context multiplied by ``scale`` (at least 1)."""
+    def size(n: int) -> int:
+        return max(1, round(n * scale))
+
+    return gpt2_like_shapes(d_model=size(512), vocab=size(20480), context=size(512))
+
+
+def make_params(device: torch.device, scale: float = 1.0) -> list[torch.Tensor]:
     """The GPT-2-like parameter list, each tensor with a random gradient."""
     gen = torch.Generator().manual_seed(0)
     params = []
-    for shape in gpt2_like_shapes():
+    for shape in scaled_shapes(scale):
         p = torch.randn(shape, generator=gen).to(device).requires_grad_()
         p.grad = torch.randn(shape, generator=gen).to(device)
         params.append(p)
@@ -123,8 +134,8 @@ def make_optimizer(name: str, params: list[torch.Tensor], tile_size: int | None)
 class TensorCopy:
     """The reference for bandwidth: ``dst.copy_(src)`` on a large float32 tensor, as a "step"."""
 
-    def __init__(self, device: torch.device, megabytes: int) -> None:
-        self.src = torch.randn(megabytes * 2**20 // 4, device=device)
+    def __init__(self, device: torch.device, megabytes: float) -> None:
+        self.src = torch.randn(max(1024, int(megabytes * 2**20) // 4), device=device)
         self.dst = torch.empty_like(self.src)
         self.bytes_moved = 2 * self.src.nbytes  # one read and one write
 
@@ -151,16 +162,16 @@ def timed_step(opt: torch.optim.Optimizer | TensorCopy, device: torch.device) ->
     return time.perf_counter() - start, minor_page_faults() - faults
 
 
-def time_interleaved(names: list[str], device: torch.device, steps: int, warmup: int, tile_size: int | None
-                     ) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, str], float]:
+def time_interleaved(names: list[str], device: torch.device, steps: int, warmup: int, tile_size: int | None,
+                     scale: float = 1.0) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, str], float]:
     """Step times of every implementation, taken in turns in one process, and the copy bandwidth.
 
     All optimizers update the same parameters with the same gradients, each with its own state.
     Round r steps every implementation (and the reference copy) once, starting with a different one
     each round, so that a busy moment of a shared machine is spread over all of them alike.
     """
-    params = make_params(device)
-    copy = TensorCopy(device, megabytes=256 if device.type == "cpu" else 1024)
+    params = make_params(device, scale)
+    copy = TensorCopy(device, megabytes=(256 if device.type == "cpu" else 1024) * scale)
     runners: dict[str, torch.optim.Optimizer | TensorCopy] = {"copy": copy}
     paths = {}
     for name in names:
@@ -181,9 +192,9 @@ def time_interleaved(names: list[str], device: torch.device, steps: int, warmup:
     return times, faults, paths, copy_bandwidth
 
 
-def memory_worker(name: str, device: torch.device, tile_size: int | None) -> dict:
+def memory_worker(name: str, device: torch.device, tile_size: int | None, scale: float = 1.0) -> dict:
     """In a fresh process: the state's bytes and how much a step raises peak memory."""
-    params = make_params(device)
+    params = make_params(device, scale)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -214,7 +225,7 @@ def available(name: str, device: torch.device) -> bool:
 
 
 def measure_memory(name: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--memory-worker", name, "--device", args.device]
+    command = [sys.executable, __file__, "--memory-worker", name, "--device", args.device, "--scale", str(args.scale)]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.tile_size:
@@ -295,26 +306,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--tile-size", type=int, default=0, help="course_lib's CPU tile size (default: its own)")
     parser.add_argument("--only", nargs="*", default=None, help="names of implementations to run")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply width, vocabulary, context and the copy by this, in (0, 1] (default: 1)")
     parser.add_argument("--out", action="append", default=[], help="write the table to this .json or .md file")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 (a median and quartiles need two samples), got {args.repeats}")
+    if not 0 < args.scale <= 1:
+        parser.error(f"--scale must be in (0, 1], got {args.scale}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tile_size = args.tile_size or None
     if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker, device, tile_size)))
+        print(json.dumps(memory_worker(args.memory_worker, device, tile_size, args.scale)))
         return
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     names = [n for n in (args.only or IMPLEMENTATIONS) if available(n, device)]
-    shapes = gpt2_like_shapes()
+    shapes = scaled_shapes(args.scale)
     n_params = sum(torch.Size(s).numel() for s in shapes)
     memory = {name: measure_memory(name, args) for name in names}
-    times, faults, paths, copy_bw = time_interleaved(names, device, args.repeats, args.warmup, tile_size)
+    times, faults, paths, copy_bw = time_interleaved(names, device, args.repeats, args.warmup, tile_size, args.scale)
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python " + shlex.join(sys.argv),
@@ -325,6 +340,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "n_tensors": len(shapes),
         "n_params": n_params,
+        "scale": args.scale,
         "repeats": args.repeats,
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")],
         "copy_bandwidth_GBps": copy_bw / 1e9,
