@@ -30,7 +30,14 @@ variants with the same seed see the same data in the same order. Training goes t
 :class:`course_lib.trainer.Trainer`: warmup-cosine learning rate, gradient clipping,
 periodic evaluation on a fixed validation slice, a checkpoint every ``checkpoint_every``
 steps and exact resume: running the same command again after a kill continues from the
-last checkpoint and ends with the same weights as an uninterrupted run.
+last checkpoint and ends with the same weights as an uninterrupted run. With ``log_evals``
+(on for every preset but ``smoke``) each evaluation prints a line with the losses, the
+throughput since the previous line and, on a GPU of known peak, the MFU (:class:`EvalLog`),
+so a long run shows its speed from its first evaluation on.
+
+:func:`paired_comparison` turns the per-seed loss differences into a verdict: a paired
+t-test (:func:`t_quantile` gives Student's t quantiles without SciPy) and a comparison
+with the noise that the ``"control"`` variant measures.
 
 On a GPU the runner uses bf16 autocast, ``torch.compile`` and the fused AdamW kernel, and
 reports the model FLOPs utilization (MFU) against the GPU's bf16 peak
@@ -78,6 +85,7 @@ __all__ = [
     "VARIANTS",
     "CapstoneConfig",
     "EpsProbe",
+    "EvalLog",
     "StepBatches",
     "Variant",
     "build_optimizer",
@@ -86,10 +94,13 @@ __all__ = [
     "main",
     "merge_results",
     "mfu",
+    "paired_comparison",
     "peak_bf16_tflops",
     "prepare_data",
     "run_variant",
     "sqrt_v_hat",
+    "t_cdf",
+    "t_quantile",
 ]
 
 
@@ -128,13 +139,17 @@ PAPER_VARIANTS: tuple[str, ...] = ("adamw", "layer_adaptive", "multipliers_only"
 PEAK_BF16_TFLOPS: tuple[tuple[str, float | None], ...] = (
     # (regular expression on torch.cuda.get_device_name(), dense bf16 tensor-core TFLOP/s)
     # NVIDIA's data sheets list bf16 "with sparsity"; the dense peak is half of that figure.
+    # Sources: the NVIDIA H100 Tensor Core GPU data sheet (SXM, PCIe and NVL columns), the
+    # NVIDIA H200 Tensor Core GPU data sheet (SXM and NVL), the NVIDIA HGX B200 / DGX B200
+    # data sheets (per GPU), the A100, L40S, L4 and A10 data sheets.
     # Checked in order: the first match wins. None: a variant whose peak this table does not
     # know (so MFU is reported as unknown rather than against a wrong peak).
-    (r"\bH200\b.*\bNVL\b", None),
+    (r"\bH200\b.*\bNVL\b", 835.5),    # H200 NVL: 1671 sparse
     (r"\bH200\b", 989.4),             # H200 SXM: 1979 sparse
     (r"\bH100\b.*\bPCIe\b", 756.0),   # H100 PCIe: 1513 sparse
-    (r"\bH100\b.*\bNVL\b", None),
+    (r"\bH100\b.*\bNVL\b", 835.5),    # H100 NVL (94 GB, PCIe card): 1671 sparse
     (r"\bH100\b", 989.4),             # H100 SXM ("NVIDIA H100 80GB HBM3"): 1979 sparse
+    (r"\bB200\b", 2250.0),            # B200 (HGX, 1000 W): 4.5 PFLOP/s sparse; not GB200
     (r"\bA100\b", 312.0),             # A100 SXM and PCIe, 40 and 80 GB: 624 sparse
     (r"\bL40S\b", 362.05),            # L40S: 733 sparse
     (r"\bL4\b", 121.0),               # L4: 242 sparse
@@ -165,6 +180,119 @@ def mfu(tokens_per_s: float, flops_per_tok: float, device_name: str | None,
     if peak is None:
         return None
     return tokens_per_s * flops_per_tok / (peak * 1e12 * n_devices)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _t_abs_cdf(theta: float, df: int) -> float:
+    """P(|T| <= sqrt(df) tan(theta)) for Student's t with an integer number ``df`` of degrees of freedom.
+
+    The closed forms of Abramowitz and Stegun, 26.7.3 and 26.7.4: a finite series in
+    cos(theta), odd and even ``df`` apart.
+    """
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        total, term = 0.0, c  # cos + (2/3) cos^3 + (2*4)/(3*5) cos^5 + ... + cos^(df-2)
+        for j in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c * c * (2 * j) / (2 * j + 1)
+        return 2 / math.pi * (theta + s * total)
+    total, term = 0.0, 1.0  # 1 + (1/2) cos^2 + (1*3)/(2*4) cos^4 + ... + cos^(df-2)
+    for j in range(df // 2):
+        total += term
+        term *= c * c * (2 * j + 1) / (2 * j + 2)
+    return s * total
+
+
+def t_cdf(x: float, df: int) -> float:
+    """P(T <= x) for Student's t distribution with ``df`` degrees of freedom (an integer in [1, 10000])."""
+    if not (isinstance(x, (int, float)) and math.isfinite(x)):
+        raise ValueError(f"x must be a finite number, got {x!r}")
+    if isinstance(df, bool) or not isinstance(df, int) or not 1 <= df <= 10_000:
+        raise ValueError(f"df must be an integer in [1, 10000], got {df!r}")
+    half = _t_abs_cdf(math.atan(abs(x) / math.sqrt(df)), df) / 2
+    return 0.5 + half if x >= 0 else 0.5 - half
+
+
+def t_quantile(prob: float, df: int) -> float:
+    """The ``prob`` quantile of Student's t distribution with ``df`` degrees of freedom (an integer).
+
+    ``t_quantile(0.975, n - 1)`` is the factor of a two-sided 95 % confidence interval for the
+    mean of ``n`` values: mean +- t * sd / sqrt(n). 4.303 for 3 values, 12.71 for 2, 1.96 in
+    the limit. The CDF has a closed form for integer ``df`` (:func:`_t_abs_cdf`); the quantile
+    is found by bisection, to full double precision, so no SciPy is needed.
+    """
+    if not (isinstance(prob, (int, float)) and 0 < prob < 1):
+        raise ValueError(f"prob must be a number in (0, 1), got {prob!r}")
+    if isinstance(df, bool) or not isinstance(df, int) or not 1 <= df <= 10_000:
+        raise ValueError(f"df must be an integer in [1, 10000], got {df!r}")
+    if prob < 0.5:
+        return -t_quantile(1 - prob, df)
+    target = 2 * prob - 1  # P(|T| <= t)
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if _t_abs_cdf(mid, df) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def paired_comparison(diffs: Sequence[float], control_diffs: Sequence[float] | None = None,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Is a variant's loss different from the baseline's? ``diffs``: variant minus baseline, one per seed.
+
+    Two tests, both at ``confidence``; the verdict is ``"higher"`` or ``"lower"`` (the
+    variant's loss) only if both find a difference, else ``"none"`` (``"too few seeds"`` with
+    one seed):
+
+    1. the paired t-test: ``|mean|`` must exceed ``t * sd / sqrt(n)``, with ``t`` the
+       quantile of Student's t with ``n - 1`` degrees of freedom (``half_width``);
+    2. the control: ``control_diffs`` are the control variant's differences from the same
+       baseline runs, a change that does nothing, so they show how far apart two runs land
+       by chance alone. Their root mean square about zero, ``control_rms``, estimates that
+       noise with ``len(control_diffs)`` degrees of freedom, independently of the variant's
+       own (perhaps luckily small) spread; ``|mean|`` must also exceed
+       ``t * control_rms / sqrt(n)`` (``control_half_width``). This is approximate: the
+       control's and the variant's differences share the baseline's runs.
+
+    Returns ``n``, ``mean``, ``sd``, ``half_width``, ``control_rms``,
+    ``control_half_width`` (``None`` without a control), ``significant`` (test 1),
+    ``beyond_control`` (test 2; ``None`` without a control) and ``verdict``.
+    """
+    d = [float(x) for x in diffs]
+    if not d or not all(math.isfinite(x) for x in d):
+        raise ValueError(f"diffs must hold at least one finite number, got {list(diffs)!r}")
+    if not (isinstance(confidence, float) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be a float in (0, 1), got {confidence!r}")
+    n = len(d)
+    upper = 1 - (1 - confidence) / 2
+    mean = sum(d) / n
+    out: dict[str, Any] = {"n": n, "mean": mean, "sd": float("nan"), "half_width": float("nan"),
+                           "control_rms": None, "control_half_width": None,
+                           "significant": False, "beyond_control": None}
+    if n >= 2:
+        out["sd"] = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+        out["half_width"] = t_quantile(upper, n - 1) * out["sd"] / math.sqrt(n)
+        out["significant"] = abs(mean) > out["half_width"]
+    if control_diffs is not None:
+        c = [float(x) for x in control_diffs]
+        if not c or not all(math.isfinite(x) for x in c):
+            raise ValueError(f"control_diffs must hold at least one finite number, got {list(control_diffs)!r}")
+        out["control_rms"] = math.sqrt(sum(x * x for x in c) / len(c))
+        out["control_half_width"] = t_quantile(upper, len(c)) * out["control_rms"] / math.sqrt(n)
+        out["beyond_control"] = abs(mean) > out["control_half_width"]
+    if n < 2:
+        out["verdict"] = "too few seeds"
+    elif out["significant"] and out["beyond_control"] is not False:
+        out["verdict"] = "higher" if mean > 0 else "lower"
+    else:
+        out["verdict"] = "none"
+    return out
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -222,6 +350,7 @@ class CapstoneConfig:
     precision: str | None = None  # None: bf16 on CUDA, fp32 elsewhere
     compile: bool | None = None  # None: torch.compile on CUDA
     progress: bool = False
+    log_evals: bool = True  # print a line (losses, tokens/s, MFU) at every evaluation
 
     def model_config(self, vocab_size: int | None = None) -> QwenConfig:
         """The :class:`QwenConfig`: the preset named ``model["preset"]`` with the other keys as overrides."""
@@ -233,16 +362,20 @@ class CapstoneConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide the trained weights; a checkpoint resumes only under the same ones."""
-        skip = {"out_dir", "data_dir", "device", "compile", "checkpoint_every", "progress", "seeds"}
+        skip = {"out_dir", "data_dir", "device", "compile", "checkpoint_every", "progress", "seeds",
+                "log_evals"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds on a laptop CPU: a 0.1M-parameter model on the bytes of 1 MB of Python source.
+    # Seconds per run on a laptop CPU: a 0.1M-parameter model on the bytes of 300 kB of Python
+    # source, 40 steps, one validation batch per evaluation. Fewer steps would end the runs
+    # before the control's rounding-level perturbation has grown into a visible difference.
     # (Compiling would cost more than it saves, on a GPU too.)
-    "smoke": dict(model={"preset": "smoke"}, steps=60, batch_size=8, lr=1e-2, vocab_size=257,
-                  max_bytes=1_000_000, eval_every=15, eval_batches=2, eval_batch_size=32,
-                  probe_every=15, checkpoint_every=30, seeds=(0, 1, 2), compile=False),
+    "smoke": dict(model={"preset": "smoke"}, steps=40, batch_size=8, lr=1e-2, vocab_size=257,
+                  max_bytes=300_000, eval_every=10, eval_batches=1, eval_batch_size=32,
+                  probe_every=10, checkpoint_every=20, seeds=(0, 1, 2), compile=False,
+                  log_evals=False),
     # Minutes per run on a CPU: 1.3M parameters, a 4096-token BPE.
     "cpu": dict(model={"preset": "cpu"}, steps=300, batch_size=16, lr=3e-3, vocab_size=4096,
                 max_bytes=8_000_000, bpe_sample_bytes=2_000_000, eval_every=50, eval_batches=8,
@@ -492,21 +625,89 @@ def _run_dir(cfg: CapstoneConfig, variant: str, seed: int) -> Path:
     return Path(cfg.out_dir) / "runs" / f"{variant}-seed{seed}"
 
 
+def _tokens_per_s(history: dict[str, list], seq_len: int, world: int, start: int,
+                  stop: int | None = None) -> float:
+    """Training tokens per second of all processes together over the history entries ``start:stop``.
+
+    Each step's time is the trainer's measurement of that step (evaluation and checkpoints
+    are not counted); ``examples`` counts this process's share of the batches.
+    """
+    rates = history["examples_per_s"][start:stop]
+    if not rates:
+        return float("nan")
+    examples = history["examples"]
+    per_step = [e1 - e0 for e0, e1 in zip([0] + examples[:-1], examples)][start:stop]
+    seconds = sum(n / r for n, r in zip(per_step, rates))
+    return world * seq_len * sum(per_step) / seconds
+
+
 def _steady_tokens_per_s(history: dict[str, list], seq_len: int, world: int,
                          skip_frac: float = 0.1) -> float:
     """Training tokens per second of all processes together, leaving out the first ``skip_frac`` of the steps.
 
-    The first steps pay for compilation and cold caches. Each step's time is the trainer's
-    measurement of that step (evaluation and checkpoints are not counted).
+    The first steps pay for compilation and cold caches.
     """
-    rates = history["examples_per_s"]
-    if not rates:
-        return float("nan")
-    examples = history["examples"]
-    per_step = [e1 - e0 for e0, e1 in zip([0] + examples[:-1], examples)]
-    start = min(len(rates) - 1, int(skip_frac * len(rates)))
-    seconds = sum(n / r for n, r in zip(per_step[start:], rates[start:]))
-    return world * seq_len * sum(per_step[start:]) / seconds
+    n = len(history["examples_per_s"])
+    return _tokens_per_s(history, seq_len, world, start=min(max(n - 1, 0), int(skip_frac * n)))
+
+
+class EvalLog(Callback):
+    """At every evaluation, print one line: step, losses, throughput and MFU since the previous line.
+
+    The throughput counts the training steps since the previous line (evaluation and
+    checkpoint time left out), all processes together; the first step after :meth:`begin`
+    is left out of the first line, since it pays for compilation and cold caches. The MFU is
+    shown when the GPU's peak is known (:func:`mfu`). The remaining time extrapolates the
+    wall time per step since the previous line, evaluations included. ``print_fn`` receives
+    each line (``print`` by default).
+    """
+
+    def __init__(self, label: str, total_steps: int, seq_len: int, world: int = 1,
+                 flops_per_tok: float | None = None, device_name: str | None = None,
+                 print_fn: Any = None) -> None:
+        self.label = label
+        self.total_steps = total_steps
+        self.seq_len = seq_len
+        self.world = world
+        self.flops_per_tok = flops_per_tok
+        self.device_name = device_name
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
+        self.next_index = 0  # the first history entry of the next line's window
+        self.first_fresh = 0  # the history entry of this process's first step
+
+    def begin(self, trainer: Trainer) -> None:
+        """Call before ``fit``: the steps already in the history (a resumed run) are not this process's."""
+        self.next_index = self.first_fresh = len(trainer.history["step"])
+
+    def on_eval(self, trainer: Trainer, val_loss: float) -> None:
+        h = trainer.history
+        stop = len(h["step"])
+        start = self.next_index
+        if start == self.first_fresh and stop - start > 1:
+            start += 1  # compilation and cold caches
+        self.next_index = stop
+        tokens_per_s = _tokens_per_s(h, self.seq_len, self.world, start, stop)
+        parts = [f"{self.label} | step {trainer.step:>{len(str(self.total_steps))}}/{self.total_steps}",
+                 f"val loss {val_loss:.4f}"]
+        if stop:
+            parts.append(f"train loss {h['loss'][stop - 1]:.4f}")
+        parts.append(f"{tokens_per_s:,.0f} tokens/s")
+        if self.flops_per_tok is not None:
+            value = mfu(tokens_per_s, self.flops_per_tok, self.device_name, self.world)
+            if value is not None:
+                parts.append(f"MFU {value:.1%}")
+        elapsed = h["time"][stop - 1] if stop else 0.0
+        parts.append(f"{_clock(elapsed)} elapsed")
+        if stop > start and stop >= 2 and trainer.step < self.total_steps:
+            lo = max(start - 1, 0)
+            per_step = (h["time"][stop - 1] - h["time"][lo]) / max(stop - 1 - lo, 1)
+            parts.append(f"about {_clock(per_step * (self.total_steps - trainer.step))} to go")
+        self.print_fn(" | ".join(parts))
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
@@ -557,6 +758,11 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
     seq_len = cfg.seq_len or model_cfg.max_seq_len
     seed_everything(seed)
     model = QwenLM(model_cfg).to(device)
+    # Compile the model, then wrap it in DDP, as PyTorch's guide to torch.compile advises
+    # ("Where to apply torch.compile?": compile the module that DDP wraps, since the compiler
+    # does not handle the wrapper itself well). DDP marks itself active during its forward,
+    # and TorchDynamo then still splits the compiled graph at DDP's gradient buckets
+    # (DDPOptimizer), so the all-reduce of one bucket overlaps the backward of the next.
     forward: nn.Module = torch.compile(model) if use_compile else model
     ddp = None
     if world > 1:
@@ -574,20 +780,28 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
     train_data = StepBatches(text.load_split(data_dir, "train"), cfg, seq_len, seed, rank, world)
     val_data = text.EvalBatches(text.load_split(data_dir, "val"), cfg.eval_batch_size, seq_len,
                                 max_batches=cfg.eval_batches)
-    probe = [EpsProbe(cfg.probe_every)] if cfg.probe_every else []
+    own: list[Callback] = [EpsProbe(cfg.probe_every)] if cfg.probe_every else []
+    device_name = torch.cuda.get_device_name(device) if on_cuda else None
+    log = None
+    if cfg.log_evals and rank == 0:
+        log = EvalLog(f"{variant} seed {seed}", cfg.steps, seq_len, world,
+                      flops_per_token(model_cfg, seq_len), device_name)
+        own.append(log)
     trainer = _RankZeroTrainer(
         model, optimizer, loss_fn, train_data,
         TrainConfig(max_steps=cfg.steps, accumulation=train_data.accumulation,
                     clip_norm=cfg.clip_norm, precision=precision, eval_every=cfg.eval_every,
                     checkpoint_every=cfg.checkpoint_every, checkpoint_path=ckpt,
                     tokens_per_example=seq_len, progress=cfg.progress and rank == 0),
-        scheduler=schedulers, val_data=val_data, callbacks=[*probe, *callbacks])
+        scheduler=schedulers, val_data=val_data, callbacks=[*own, *callbacks])
     if resume:
         trainer.load_checkpoint(ckpt)
         # Checkpoints fall on step boundaries. Count the consumed micro-batches with this
         # run's accumulation, which changes with the number of processes, so that a run can
         # resume on another number of GPUs and still continue with the batch of the next step.
         trainer.batch_in_epoch = trainer.step * train_data.accumulation
+    if log is not None:
+        log.begin(trainer)
     started = time.perf_counter()
     history = trainer.fit()
     if not history["val_loss"] or history["eval_step"][-1] != trainer.step:
@@ -596,7 +810,6 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
         history["val_loss"].append(evaluate(model, val_data, loss_fn, precision=precision))
 
     tokens_per_s = _steady_tokens_per_s(history, seq_len, world)
-    device_name = torch.cuda.get_device_name(device) if on_cuda else None
     result = {
         "name": variant,
         "seed": seed,

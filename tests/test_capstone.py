@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,17 @@ from course_lib import capstone
 from course_lib.capstone import (
     CapstoneConfig,
     EpsProbe,
+    EvalLog,
     StepBatches,
     capstone_config,
     load_run,
     merge_results,
     mfu,
+    paired_comparison,
     peak_bf16_tflops,
     run_variant,
+    t_cdf,
+    t_quantile,
 )
 from course_lib.models import QwenConfig, count_parameters
 from course_lib.optim.layer_adaptive import paper_eps
@@ -219,8 +225,11 @@ def test_ddp_with_two_gloo_processes_equals_one_process(tmp_path, data_dir):
 @pytest.mark.parametrize("name, peak", [
     ("NVIDIA H100 80GB HBM3", 989.4),
     ("NVIDIA H100 PCIe", 756.0),
-    ("NVIDIA H100 NVL", None),
+    ("NVIDIA H100 NVL", 835.5),
     ("NVIDIA H200", 989.4),
+    ("NVIDIA H200 NVL", 835.5),
+    ("NVIDIA B200", 2250.0),
+    ("NVIDIA GB200", None),
     ("NVIDIA A100-SXM4-80GB", 312.0),
     ("NVIDIA A100 80GB PCIe", 312.0),
     ("NVIDIA A10", 125.0),
@@ -265,6 +274,203 @@ def test_merge_collects_finished_runs_into_results_json(tmp_path, data_dir):
     assert [(r["name"], r["seed"]) for r in runs] == [("adamw", 0), ("eps_only", 0)]
     assert runs == merge_results(tmp_path, write=False)["runs"]
     assert all("train_loss" not in r and math.isfinite(r["val_loss"]) for r in runs)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+# Two-sided 95 % (the 0.975 quantile) and 90 % (0.95) critical values of Student's t, as printed
+# in every statistics table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2), to three decimals.
+T_TABLE = {1: (12.706, 6.314), 2: (4.303, 2.920), 3: (3.182, 2.353), 4: (2.776, 2.132),
+           5: (2.571, 2.015), 10: (2.228, 1.812), 20: (2.086, 1.725), 30: (2.042, 1.697),
+           100: (1.984, 1.660)}
+
+
+@pytest.mark.parametrize("df", sorted(T_TABLE))
+def test_t_quantile_matches_the_printed_table(df):
+    q975, q95 = T_TABLE[df]
+    assert round(t_quantile(0.975, df), 3) == q975
+    assert round(t_quantile(0.95, df), 3) == q95
+    assert t_quantile(0.025, df) == pytest.approx(-t_quantile(0.975, df), rel=1e-12)
+
+
+def test_t_quantile_tends_to_the_normal_quantile():
+    normal = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.975, dtype=torch.float64)))
+    # the expansion of Abramowitz and Stegun 26.7.5: z + (z^3 + z) / (4 df)
+    # + (5 z^5 + 16 z^3 + 3 z) / (96 df^2) + O(1/df^3)
+    z = normal
+    for df in (1000, 10_000):
+        expansion = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        assert t_quantile(0.975, df) == pytest.approx(expansion, abs=1e-8)
+    values = [t_quantile(0.975, df) for df in range(1, 60)]
+    assert all(a > b for a, b in zip(values, values[1:]))  # more data, narrower intervals
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 12])
+def test_t_cdf_integrates_the_density(df):
+    """Oracle: torch's Student t density, integrated numerically (Simpson's rule) from 0 to x."""
+    dist = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
+    for x in (0.3, 1.0, 2.5, 6.0):
+        grid = torch.linspace(0, x, 4001, dtype=torch.float64)
+        dens = dist.log_prob(grid).exp()
+        h = x / 4000
+        integral = float(h / 3 * (dens[0] + dens[-1] + 4 * dens[1:-1:2].sum() + 2 * dens[2:-1:2].sum()))
+        assert t_cdf(x, df) == pytest.approx(0.5 + integral, abs=1e-10)
+        assert t_cdf(-x, df) == pytest.approx(0.5 - integral, abs=1e-10)
+        assert t_cdf(t_quantile(t_cdf(x, df), df), df) == pytest.approx(t_cdf(x, df), abs=1e-12)
+
+
+def test_two_standard_errors_is_not_95_percent_with_three_seeds():
+    # the rule "twice the standard error" with 3 seeds (2 degrees of freedom) has p = 0.18
+    assert 2 * (1 - t_cdf(2.0, 2)) == pytest.approx(1 - math.sqrt(2 / 3), rel=1e-12)  # closed form
+    assert 2 * (1 - t_cdf(2.0, 2)) == pytest.approx(0.1835, abs=1e-4)
+
+
+def test_statistics_reject_bad_input():
+    for prob in (0, 1, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="prob"):
+            t_quantile(prob, 3)
+    for df in (0, -1, 2.5, True, 10_001):
+        with pytest.raises(ValueError, match="df"):
+            t_quantile(0.975, df)
+        with pytest.raises(ValueError, match="df"):
+            t_cdf(1.0, df)
+    with pytest.raises(ValueError, match="x"):
+        t_cdf(float("inf"), 3)
+    with pytest.raises(ValueError, match="diffs"):
+        paired_comparison([])
+    with pytest.raises(ValueError, match="diffs"):
+        paired_comparison([0.1, float("nan")])
+    with pytest.raises(ValueError, match="control_diffs"):
+        paired_comparison([0.1, 0.2], [])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_comparison([0.1, 0.2], confidence=1.0)
+
+
+def test_paired_comparison_is_a_t_test_and_asks_the_control():
+    d = [0.020, 0.025, 0.030]
+    c = paired_comparison(d)
+    sd = float(np.std(d, ddof=1))
+    assert c["n"] == 3 and c["mean"] == pytest.approx(0.025) and c["sd"] == pytest.approx(sd)
+    assert c["half_width"] == pytest.approx(4.302652729911275 * sd / math.sqrt(3))
+    assert c["significant"] and c["beyond_control"] is None and c["verdict"] == "higher"
+    # the same differences, negated: lower loss
+    assert paired_comparison([-x for x in d])["verdict"] == "lower"
+    # a control whose runs land far apart: the same differences are within its noise
+    noisy = paired_comparison(d, control_diffs=[0.04, -0.03, 0.001])
+    rms = math.sqrt((0.04**2 + 0.03**2 + 0.001**2) / 3)
+    assert noisy["control_rms"] == pytest.approx(rms)
+    assert noisy["control_half_width"] == pytest.approx(3.182446305284263 * rms / math.sqrt(3))
+    assert noisy["significant"] and noisy["beyond_control"] is False and noisy["verdict"] == "none"
+    # a quiet control: both tests pass
+    quiet = paired_comparison(d, control_diffs=[0.001, -0.002, 0.0005])
+    assert quiet["beyond_control"] and quiet["verdict"] == "higher"
+    # a mean of exactly two standard errors fails with three seeds
+    m = 2 / math.sqrt(3)  # sd 1, standard error 1/sqrt(3): the mean is two standard errors
+    two_se = paired_comparison([m - 1, m, m + 1])
+    assert two_se["mean"] / (two_se["sd"] / math.sqrt(3)) == pytest.approx(2.0)
+    assert abs(two_se["mean"]) < two_se["half_width"] and two_se["verdict"] == "none"
+    assert paired_comparison([0.03])["verdict"] == "too few seeds"
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class FakeTrainer:
+    """Just what EvalLog reads: a step and a history."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.history = {"step": [], "loss": [], "examples": [], "examples_per_s": [], "time": []}
+
+    def take_steps(self, seconds_per_step: list[float], examples: int = 4) -> None:
+        for seconds in seconds_per_step:
+            self.step += 1
+            h = self.history
+            h["step"].append(self.step)
+            h["loss"].append(3.0)
+            h["examples"].append((h["examples"][-1] if h["examples"] else 0) + examples)
+            h["examples_per_s"].append(examples / seconds)
+            h["time"].append((h["time"][-1] if h["time"] else 0.0) + seconds)
+
+
+def test_eval_log_reports_tokens_per_s_since_the_last_line_and_mfu():
+    lines = []
+    log = EvalLog("adamw seed 0", total_steps=8, seq_len=100, world=2, flops_per_tok=1e9,
+                  device_name="NVIDIA H100 80GB HBM3", print_fn=lines.append)
+    trainer = FakeTrainer()
+    log.begin(trainer)
+    trainer.take_steps([4.6, 0.5, 0.5, 0.5])  # the first step compiles: left out of the first line
+    log.on_eval(trainer, 3.21)
+    trainer.take_steps([1.0, 1.0, 1.0, 1.0])
+    log.on_eval(trainer, 3.10)
+    first, second = lines
+    assert first.startswith("adamw seed 0 | step 4/8 | val loss 3.2100 | train loss 3.0000")
+    # 3 steps of 4 examples per process, 2 processes, 100 tokens each, in 1.5 s
+    assert "1,600 tokens/s" in first and f"MFU {1600 * 1e9 / (2 * 989.4e12):.1%}" in first
+    assert "0:00:06 elapsed" in first and "about 0:00:02 to go" in first  # 0.5 s per step, 4 steps left
+    assert "800 tokens/s" in second and "0:00:10 elapsed" in second and "to go" not in second
+    # no known peak (a CPU): no MFU
+    cpu_lines = []
+    cpu_log = EvalLog("x", 4, 10, print_fn=cpu_lines.append)
+    trainer = FakeTrainer()
+    cpu_log.begin(trainer)
+    trainer.take_steps([0.1])
+    cpu_log.on_eval(trainer, 1.0)
+    assert "400 tokens/s" in cpu_lines[0] and "MFU" not in cpu_lines[0]
+
+
+def test_a_run_logs_every_evaluation_and_log_evals_does_not_block_a_resume(tmp_path, data_dir, capsys):
+    cfg = tiny(tmp_path, data_dir, steps=6, eval_every=3, probe_every=None, log_evals=True)
+    run_variant("adamw", 0, cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("adamw seed 0 |")]
+    assert [line.split(" | ")[1] for line in lines] == ["step 3/6", "step 6/6"]
+    assert all("tokens/s" in line and "MFU" not in line for line in lines)
+    # logging is not a setting of the run: a finished run is read back with it off
+    again = run_variant("adamw", 0, tiny(tmp_path, data_dir, steps=6, eval_every=3, probe_every=None,
+                                         log_evals=False))
+    assert again["steps"] == 6 and "adamw seed 0 |" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- a real kill
+
+
+def test_sigkill_after_the_first_checkpoint_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
+    """``python -m course_lib.capstone`` killed with SIGKILL (no clean-up at all), then run again."""
+    settings = dict(steps=40, batch_size=4, eval_every=20, probe_every=20, checkpoint_every=5)
+    straight_cfg = tiny(tmp_path / "straight", data_dir, **settings)
+    straight = run_variant("layer_adaptive", 0, straight_cfg)
+
+    out = tmp_path / "killed"
+    overrides = [f"{k}={json.dumps(v)}" for k, v in {**TINY, **settings}.items() if k != "steps"]
+    command = [sys.executable, "-m", "course_lib.capstone", "--preset", "smoke", "--out-dir", str(out),
+               "--data-dir", data_dir, "--variants", "layer_adaptive", "--seeds", "0", "--steps", "40",
+               "--set", "max_bytes=300000", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COURSE_DEVICE": "cpu"}
+    run_dir = out / "runs" / "layer_adaptive-seed0"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=sink)
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoint.pt").exists():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "result.json").exists(), "the run finished before the kill: nothing was tested"
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert 5 <= killed_at < 40
+
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    resumed = json.loads((run_dir / "result.json").read_text())
+    assert resumed["val_loss"] == straight["val_loss"]
+    assert resumed["train_loss"] == straight["train_loss"]
+    a = final_weights(straight_cfg, "layer_adaptive")
+    b = final_weights(tiny(out, data_dir, **settings), "layer_adaptive")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

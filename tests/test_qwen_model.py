@@ -177,6 +177,19 @@ def test_parameter_count_matches_hand_count(name):
         assert count_parameters(QwenLM(config)) == hand_count(config)
 
 
+def test_a_meta_model_has_the_real_shapes_and_a_real_model_is_initialized():
+    """On the meta device initialization is skipped (no values to set); shapes and ties stay."""
+    config = PRESETS["smoke"]
+    with torch.device("meta"):
+        meta = QwenLM(config)
+    real = QwenLM(config)
+    assert all(p.is_meta for p in meta.parameters())
+    assert meta.lm_head.weight is meta.embed.weight
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
+    assert real.embed.weight.std().item() == pytest.approx(config.init_std, rel=0.05)
+    assert torch.equal(real.norm.weight, torch.ones(config.d_model))
+
+
 def test_presets_have_the_promised_sizes():
     assert 0.08e6 < count_parameters(PRESETS["smoke"]) < 0.15e6
     assert 10e6 < count_parameters(PRESETS["gpu"]) < 30e6

@@ -230,7 +230,13 @@ class QwenLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialization; see the module docstring."""
+        """GPT-2 initialization; see the module docstring. A model on the ``meta`` device is left alone.
+
+        Meta tensors hold shapes and no values (what :func:`count_parameters` builds), and
+        "initializing" them runs torch's slow reference implementations for nothing.
+        """
+        if self.embed.weight.is_meta:
+            return
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         for module in self.modules():

@@ -4,7 +4,7 @@ The capstone revisits a paper that changes AdamW in two ways and finds no gain
 (validation loss 4.9437 against the baseline's 4.9266):
 
 1. each transformer layer :math:`l` learns with :math:`\eta_l = \eta \, m_l` (its equation 1),
-   with multipliers in the range 1.0-1.2;
+   with multipliers in the range 1.0-1.2 (the range that its own ablation reports to hurt);
 2. the :math:`\epsilon` of Adam's denominator follows a schedule (its equation 2), see
    :func:`paper_eps`.
 
