@@ -9,19 +9,34 @@ How a submission is graded:
    its tag ``check:NAME`` and id ``check-NAME``, else either, else its call ``checks.NAME(``) is replaced by
    the instructor's copy, so an edited check counts for nothing. A deleted check cell is put back
    after the cell that preceded it in the exercise (or at the end), so a check is never lost.
-3. **nbval.** All prepared notebooks run under ``pytest --nbval-lax``, each in a fresh kernel with a
-   per-cell timeout; a small plugin records every cell's result as it happens.
-4. **Points.** A check cell that runs without error earns its points; an exception, a timeout, a
+3. **Checks the notebook cannot reach.** In the notebook that runs, each check cell loads the checks
+   afresh from the grader's files under a private module name, instead of importing
+   ``course_lib.grading.checks``: whatever the student's cells assigned to that module, to
+   ``sys.modules`` or to ``course_lib.grading`` has no effect on the check. The checks compare with
+   private references to PyTorch's functions and refuse to pass while one they rely on was replaced
+   (see :mod:`course_lib.grading.checks._core`). Cells that assign to attributes of ``torch``,
+   ``course_lib``, ``math``, ``builtins``, ``importlib`` or ``sys.modules`` are named in the report.
+4. **nbval.** All prepared notebooks run under ``pytest --nbval-lax``, each in a fresh kernel with a
+   per-cell timeout; the kernel imports torch and the checks before the first cell, so that a slow
+   import on a loaded machine does not count against a cell. A small plugin records every cell's
+   result as it happens, and whether the kernel was still alive after it.
+5. **A cell that kills the kernel.** A cell that cannot be interrupted at the timeout (it ignores
+   SIGINT, or is stuck in C code) makes nbval shut the kernel down, and every later cell would fail.
+   Such a notebook is run again in a fresh kernel with that cell replaced by one that raises an error
+   saying why, so only the checks that depend on it are lost; the report says so.
+6. **Points.** A check cell that runs without error earns its points; an exception, a timeout, a
    dead kernel or a run that never reached it earns zero, and the rest of the notebook still runs.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import csv
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +52,10 @@ from .exercises import CHECK_TAG_PREFIX, CheckSpec, Exercise, check_tag, load_ex
 __all__ = ["Submission", "CheckResult", "GradedSubmission", "find_submissions", "prepare", "grade"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CHECKS_IMPORT = "from course_lib.grading import checks"
+_CHECKS_PACKAGE = Path(__file__).resolve().parent / "checks"
+# Rounds of "run again without the cell that killed the kernel" per notebook.
+MAX_RERUNS = 3
 
 
 @dataclass(frozen=True)
@@ -226,11 +245,171 @@ def prepare(
     return nb, checks_at, notes
 
 
+def _fresh_checks_source(module_name: str) -> str:
+    """Code that binds ``checks`` to the checks package loaded afresh from the grader's files, under the
+    private name ``module_name``, and leaves no trace of it in ``sys.modules``."""
+    init = str(_CHECKS_PACKAGE / "__init__.py")
+    return "\n".join([
+        "def _load_grading_checks():  # the grader's own copy, whatever this notebook did to course_lib",
+        "    import importlib.util, sys",
+        f"    name = {module_name!r}",
+        f"    spec = importlib.util.spec_from_file_location(name, {init!r}, "
+        f"submodule_search_locations=[{str(_CHECKS_PACKAGE)!r}])",
+        "    module = importlib.util.module_from_spec(spec)",
+        "    sys.modules[name] = module",
+        "    try:",
+        "        spec.loader.exec_module(module)",
+        "    finally:",
+        "        for key in [key for key in sys.modules if key == name or key.startswith(name + '.')]:",
+        "            del sys.modules[key]",
+        "    return module",
+        "",
+        "",
+        "checks = _load_grading_checks()",
+        "del _load_grading_checks",
+    ])  # fmt: skip
+
+
+def isolate_checks(nb: nbformat.NotebookNode, checks_at: dict[int, CheckSpec]) -> nbformat.NotebookNode:
+    """A copy of a prepared notebook whose check cells load the checks afresh (each under its own
+    private module name) instead of importing ``course_lib.grading.checks``, which the student's cells
+    could have replaced."""
+    nb = copy.deepcopy(nb)
+    token = secrets.token_hex(6)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    for index, spec in checks_at.items():
+        cell = code[index]
+        loader = _fresh_checks_source(f"_grading_checks_{token}_{spec.name}")
+        lines = cell.source.split("\n")
+        if _CHECKS_IMPORT in (line.strip() for line in lines):
+            cell.source = "\n".join(loader if line.strip() == _CHECKS_IMPORT else line for line in lines)
+        else:
+            cell.source = f"{loader}\n{cell.source}"
+    return nb
+
+
+_WATCHED = ("torch", "course_lib", "math", "builtins", "importlib")
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _resolve(dotted: str | None, aliases: dict[str, str]) -> str | None:
+    """The module path that ``dotted`` names (``t.allclose`` -> ``torch.allclose`` after ``import torch
+    as t``), if it lies in a watched module or in ``sys.modules``; else None."""
+    if dotted is None:
+        return None
+    root, _, rest = dotted.partition(".")
+    origin = aliases.get(root, root)
+    full = f"{origin}.{rest}" if rest else origin
+    if full.split(".")[0] in _WATCHED or full == "sys.modules" or full.startswith("sys.modules."):
+        return full
+    return None
+
+
+def tampering(nb: nbformat.NotebookNode, skip: set[int] = frozenset()) -> dict[int, list[str]]:
+    """``{cell index: [what it assigns to]}`` for the code cells (except the code-cell numbers in
+    ``skip``) that assign to, delete or ``setattr`` an attribute of ``torch``, ``course_lib``, ``math``,
+    ``builtins`` or ``importlib``, or an entry of ``sys.modules``, under any alias they were imported
+    as. A simple reading of the code, not a proof: it is a note for the instructor."""
+    aliases: dict[str, str] = {}
+    found: dict[int, list[str]] = {}
+    code_index = -1
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        code_index += 1
+        source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in cell.source.split("\n"))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    root = alias.name.split(".")[0]  # `import a.b` binds a; `import a.b as c` binds c to a.b
+                    aliases[alias.asname or root] = alias.name if alias.asname else root
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        if code_index in skip:
+            continue
+        names: list[str] = []
+        for node in ast.walk(tree):
+            targets: list[ast.AST] = []
+            if isinstance(node, ast.Assign):
+                targets = list(node.targets)
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Delete):
+                targets = list(node.targets)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
+                if node.func.id in ("setattr", "delattr"):
+                    where = _resolve(_dotted(node.args[0]), aliases)
+                    attribute = node.args[1] if len(node.args) > 1 else None
+                    if where and isinstance(attribute, ast.Constant) and isinstance(attribute.value, str):
+                        where = f"{where}.{attribute.value}"
+                    if where:
+                        names.append(where)
+            while targets:
+                target = targets.pop()
+                if isinstance(target, (ast.Tuple, ast.List)):
+                    targets.extend(target.elts)
+                elif isinstance(target, ast.Starred):
+                    targets.append(target.value)
+                elif isinstance(target, ast.Attribute):
+                    where = _resolve(_dotted(target), aliases)
+                    if where:
+                        names.append(where)
+                elif isinstance(target, ast.Subscript):
+                    where = _resolve(_dotted(target.value), aliases)
+                    if where:
+                        names.append(f"{where}[...]")
+        if names:
+            found[index] = sorted(set(names))
+    return found
+
+
 # ----- running nbval ----------------------------------------------------------------------------
 
 
-def _environment() -> dict[str, str]:
+# Run by every kernel before its first cell, outside the per-cell timeout: torch, the checks, and what
+# torch imports on an optimizer's first step (torch._dynamo, sympy: seconds on a loaded machine, in code
+# that may not answer an interrupt in time) are loaded before a cell's clock starts. It defines no names.
+_STARTUP = """\
+def _grading_warm_up():
+    try:
+        import torch
+        import course_lib.grading.checks
+
+        param = torch.zeros(1, requires_grad=True)
+        param.grad = torch.zeros(1)
+        torch.optim.SGD([param], lr=0.1).step()
+    except Exception:  # the notebook's own cells will report it
+        pass
+
+
+_grading_warm_up()
+del _grading_warm_up
+"""
+KERNEL_STARTUP_TIMEOUT = 300  # seconds for a kernel to start and import torch, on a loaded machine
+
+
+def _environment(workdir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if workdir is not None:  # an IPython profile of our own whose startup file imports torch and the checks
+        startup = workdir / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True, exist_ok=True)
+        (startup / "00-warm-up.py").write_text(_STARTUP, encoding="utf-8")
+        env["IPYTHONDIR"] = str(workdir / "ipython")
     library_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (library_root, env.get("PYTHONPATH", "")) if p)
     env["MPLBACKEND"] = "Agg"  # figures are not graded; skip rendering them
@@ -239,14 +418,14 @@ def _environment() -> dict[str, str]:
 
 
 def _run_batches(
-    notebooks: list[tuple[Path, int]], workdir: Path, cell_timeout: float, jobs: int
+    notebooks: list[tuple[Path, int]], workdir: Path, cell_timeout: float, jobs: int, label: str = ""
 ) -> tuple[dict, dict[Path, str]]:
     """Run nbval on ``(path, n_code_cells)`` notebooks in ``jobs`` parallel pytest processes.
 
     Returns ``{(notebook path relative to workdir, cell number): record}`` from the recorder's logs,
     and, for the notebooks of a process that recorded nothing and failed, the end of its output. Each
     process has a generous overall deadline; past it, it is stopped and its unrecorded cells count as
-    not run.
+    not run. ``label`` prefixes the names of the logs, so that a second round keeps the first's.
     """
     (workdir / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     batches: list[list[tuple[Path, int]]] = [[] for _ in range(jobs)]
@@ -255,18 +434,20 @@ def _run_batches(
     batches = [batch for batch in batches if batch]
     processes = []
     for number, batch in enumerate(batches):
-        log = workdir / f"results-{number}.jsonl"
+        log = workdir / f"results-{label}{number}.jsonl"
         log.write_text("", encoding="utf-8")
         plugins = ["-p", "nbval.plugin", "-p", "course_lib.grading.pytest_plugin", "-p", "no:cacheprovider"]
-        nbval = ["--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}"]
+        nbval = ["--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
+                 f"--nbval-kernel-startup-timeout={KERNEL_STARTUP_TIMEOUT}"]
         isolated = ["-c", str(workdir / "pytest.ini"), f"--rootdir={workdir}"]  # not the repository's config
         paths = [str(path.relative_to(workdir)) for path, _ in batch]
         command = [sys.executable, "-m", "pytest", *plugins, *nbval, f"--grading-log={log}", *isolated,
                    "--color=no", "-q", *paths]
-        deadline = 60 + sum(60 + cells * (cell_timeout + 10) for _, cells in batch)
-        output = open(workdir / f"pytest-{number}.txt", "w", encoding="utf-8")
+        deadline = 60 + sum(KERNEL_STARTUP_TIMEOUT + cells * (cell_timeout + 10) for _, cells in batch)
+        output = open(workdir / f"pytest-{label}{number}.txt", "w", encoding="utf-8")
         process = subprocess.Popen(
-            command, cwd=workdir, env=_environment(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=workdir, env=_environment(workdir), stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         processes.append((process, time.monotonic() + deadline, log, output, batch))
     records, failures = {}, {}
@@ -295,6 +476,9 @@ def _feedback(message: str) -> tuple[str, str]:
     lines = [line.rstrip() for line in details.splitlines()]
     if "Timeout of" in text:
         summary = re.search(r"Timeout of [^\n]*", text)
+        if "Failed to interrupt kernel" in text:  # no traceback: the cell ignored the interrupt
+            head = summary.group(0).strip() if summary else "timed out"
+            return "timed out", f"{head}\nThe cell did not stop when interrupted, so the kernel was shut down."
         head = [summary.group(0).strip() if summary else "timed out", "The code was interrupted here:"]
         return "timed out", "\n".join(head + lines[-10:])
     if len(lines) > 40:
@@ -303,6 +487,93 @@ def _feedback(message: str) -> tuple[str, str]:
 
 
 # ----- grading ----------------------------------------------------------------------------------
+
+
+_KERNEL_DEAD = "Kernel dead on test start"
+
+
+@dataclass
+class _Plan:
+    """One submission on its way through nbval: the notebook that runs, the results so far (by code
+    cell), and the cells replaced because they killed the kernel."""
+
+    submission: Submission
+    nb: nbformat.NotebookNode
+    checks_at: dict[int, CheckSpec]
+    notes: list[str]
+    folder: Path
+    path: Path | None = None
+    records: dict[int, dict] = field(default_factory=dict)
+    latest: dict[int, dict] = field(default_factory=dict)
+    replaced: set[int] = field(default_factory=set)
+
+    @property
+    def n_code_cells(self) -> int:
+        return sum(cell.cell_type == "code" for cell in self.nb.cells)
+
+    def write(self, attempt: int) -> Path:
+        """Write the notebook for run number ``attempt`` (0 is the first) and return its path."""
+        folder = self.folder if attempt == 0 else self.folder / f"rerun-{attempt}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{self.submission.exercise.name}.ipynb"
+        nbformat.write(self.nb, self.path)
+        return self.path
+
+    def absorb(self, records: dict, failures: dict[Path, str], root: Path) -> None:
+        """Take this run's records; a replaced cell keeps the record of the run in which it killed the
+        kernel."""
+        if self.path in failures:
+            self.notes.append(f"pytest with nbval failed to run: {failures[self.path]}")
+        relative = str(self.path.relative_to(root))
+        self.latest = {cell: record for (notebook, cell), record in records.items() if notebook == relative}
+        self.records.update({cell: r for cell, r in self.latest.items() if cell not in self.replaced})
+
+    def killer(self) -> int | None:
+        """The code cell after which the kernel of the latest run was dead, if cells after it were lost."""
+        previous = None
+        for cell, record in sorted(self.latest.items()):
+            dead_on_start = _KERNEL_DEAD in record.get("message", "")
+            if record.get("kernel_alive") is False and not dead_on_start:
+                previous = cell
+                break
+            if dead_on_start:  # no flag recorded: the cell before the first that found the kernel dead
+                break
+            previous = cell
+        else:
+            return None
+        return previous if previous is not None and previous < self.n_code_cells - 1 else None
+
+    def replace_killer(self, cell_timeout: float, *, last: bool) -> bool:
+        """If a cell killed the kernel, replace it with one that raises an error and return True (run
+        the notebook again), unless this was the ``last`` run allowed."""
+        cell = self.killer()
+        if cell is None:
+            return False
+        index = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"][cell]
+        first_line = next((line.strip() for line in self.nb.cells[index].source.splitlines() if line.strip()), "")
+        timed_out = "Timeout of" in self.latest[cell].get("message", "")
+        what = (
+            f"ran past the {cell_timeout:g} s limit and could not be interrupted, so the kernel was shut down"
+            if timed_out
+            else "stopped the kernel"
+        )
+        if last:
+            self.notes.append(
+                f"cell {index} (`{first_line[:60]}`) {what}; the notebook had already been run {MAX_RERUNS + 1} times, "
+                "so it was not run again and the checks after that cell earn nothing"
+            )
+            return False
+        self.notes.append(
+            f"cell {index} (`{first_line[:60]}`) {what}. The notebook was run again in a fresh kernel with that "
+            "cell replaced by one that raises an error, so only the checks that depend on it lose their points"
+        )
+        message = (
+            f"The grader replaced this cell: in an earlier run it {what}, and every later cell failed. "
+            "The notebook ran again without it; what this cell defined is missing."
+        )
+        self.nb.cells[index].source = f"raise RuntimeError({message!r})"
+        self.replaced.add(cell)
+        return True
 
 
 def _slug(text: str) -> str:
@@ -336,8 +607,7 @@ def grade(
         root = Path(workdir).resolve() if workdir is not None else Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         graded: list[GradedSubmission] = []
-        to_run: list[tuple[Path, int]] = []
-        plans = []
+        plans: list[_Plan] = []
         for number, submission in enumerate(submissions):
             try:
                 submitted = nbformat.read(submission.path, as_version=4)
@@ -347,26 +617,33 @@ def grade(
                 results = [CheckResult(spec, "not run", reason) for spec in submission.exercise.checks]
                 graded.append(GradedSubmission(submission, results, [f"unreadable notebook: {error}"]))
                 continue
-            path = root / f"{number:03d}_{_slug(submission.student)}" / f"{submission.exercise.name}.ipynb"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(prepared, path)
-            to_run.append((path, sum(cell.cell_type == "code" for cell in prepared.cells)))
-            plans.append((submission, path, checks_at, notes))
-        records, failures = _run_batches(to_run, root, cell_timeout, jobs) if to_run else ({}, {})
-        for submission, path, checks_at, notes in plans:
-            if path in failures:
-                notes.append(f"pytest with nbval failed to run: {failures[path]}")
-            relative = str(path.relative_to(root))
+            for index, names in tampering(prepared, set(checks_at)).items():
+                notes.append(
+                    f"cell {index} assigns to {', '.join(names)}; the checks do not rely on what a notebook "
+                    "changes there, but the cell is worth a look"
+                )
+            folder = root / f"{number:03d}_{_slug(submission.student)}"
+            plans.append(_Plan(submission, isolate_checks(prepared, checks_at), checks_at, notes, folder))
+        pending = plans
+        for attempt in range(MAX_RERUNS + 1):
+            to_run = [(plan.write(attempt), plan.n_code_cells) for plan in pending]
+            records, failures = _run_batches(to_run, root, cell_timeout, jobs, f"{attempt}-") if to_run else ({}, {})
+            for plan in pending:
+                plan.absorb(records, failures, root)
+            pending = [plan for plan in pending if plan.replace_killer(cell_timeout, last=attempt == MAX_RERUNS)]
+            if not pending:
+                break
+        for plan in plans:
             results = []
-            for cell, spec in sorted(checks_at.items()):
-                record = records.get((relative, cell))
+            for cell, spec in sorted(plan.checks_at.items()):
+                record = plan.records.get(cell)
                 if record is None:
                     results.append(CheckResult(spec, "not run", "the run stopped before this cell"))
                 elif record["outcome"] == "passed":
                     results.append(CheckResult(spec, "passed"))
                 else:
                     results.append(CheckResult(spec, *_feedback(record["message"])))
-            graded.append(GradedSubmission(submission, results, notes))
+            graded.append(GradedSubmission(plan.submission, results, plan.notes))
     graded.sort(key=lambda g: (g.submission.student, g.submission.exercise.name))
     if out is not None:
         write_gradebook(graded, out)

@@ -6,7 +6,9 @@ even if the run is stopped later.
 
 A cell counts as passed when it ran without error. nbval marks every cell after a timeout in the same
 notebook as expected to fail; such a cell still counts as passed if it ran cleanly, and as failed if
-it did not.
+it did not. Each record also says whether the notebook's kernel was still alive after the cell
+(``kernel_alive``): nbval shuts the kernel down when a cell cannot be interrupted at the timeout, and
+the grader then runs the notebook again without that cell.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ class _Recorder:
     def __init__(self, path: str) -> None:
         self.path = path
 
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        if call.when != "call":
+            return
+        kernel = getattr(getattr(item, "parent", None), "kernel", None)  # nbval's notebook holds the kernel
+        try:
+            alive = None if kernel is None else bool(kernel.is_alive())
+        except Exception:  # a kernel manager that is gone
+            alive = False
+        outcome.get_result().grading_kernel_alive = alive
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _outcome(report)
@@ -49,6 +63,7 @@ class _Recorder:
             "outcome": outcome,
             "message": report.longreprtext if outcome == "failed" else "",
             "duration": round(report.duration, 3),
+            "kernel_alive": getattr(report, "grading_kernel_alive", None),
         }
         with open(self.path, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")

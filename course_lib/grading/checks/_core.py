@@ -5,20 +5,107 @@ independent reference (``torch.optim`` or a closed form), and either prints one 
 or raises :class:`CheckFailed` with what was expected, what came back and on which input. Inputs are
 drawn from a new seed on every run, so a hard-coded answer cannot pass; the seed is printed on failure
 so the same inputs can be drawn again with ``seed=...``.
+
+A check runs in the student's kernel, after the student's code. So that code cannot change a verdict
+by replacing a public function (``torch.allclose = lambda *a, **k: True``), the comparisons here use
+references taken from PyTorch's C bindings, whose attributes cannot be reassigned, and plain float
+arithmetic instead of ``math.isclose``; and every check refuses to start or to pass while a function
+it relies on (a comparison, an oracle in ``torch.optim`` or ``course_lib``) has been replaced by one
+defined in the notebook.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import sys
 import traceback
-from typing import Any, Callable, Mapping
+import types
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
 __all__ = ["DTYPE", "CheckFailed", "Trials", "describe", "passed"]
 
 DTYPE = torch.float64
+
+# Private references to the comparisons, from C-level namespaces whose attributes are read-only:
+# ``torch.allclose = ...`` in a notebook rebinds the public name, not these, even when this module is
+# loaded after that line ran (the grader loads the checks afresh in every check cell).
+_FUNCTIONS = torch._C._VariableFunctions
+_TENSOR_BASE = torch._C.TensorBase
+_ALLCLOSE = _FUNCTIONS.allclose
+_NO_SUBCLASS_OVERRIDES = torch._C.DisableTorchFunctionSubclass  # a Tensor subclass cannot answer for itself
+_INF = float("inf")
+
+
+def _isclose(a: float, b: float, rel_tol: float, abs_tol: float) -> bool:
+    """``math.isclose`` in plain float arithmetic, which no assignment in a notebook can change."""
+    if a == b:
+        return True
+    if a != a or b != b or a in (_INF, -_INF) or b in (_INF, -_INF):  # nan, or an infinity unequal to b
+        return False
+    diff = a - b if a > b else b - a
+    return diff <= rel_tol * (b if b > 0 else -b) or diff <= rel_tol * (a if a > 0 else -a) or diff <= abs_tol
+
+
+def _tensors_close(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> bool:
+    with _NO_SUBCLASS_OVERRIDES():
+        return bool(_ALLCLOSE(got, expected, rtol=rtol, atol=atol))
+
+
+def _replaced() -> list[str]:
+    """Public functions the checks rely on that are no longer the originals.
+
+    Exact for the comparisons (``torch.allclose``, ``torch.equal``, ``torch.isclose``, the same methods
+    of ``torch.Tensor``, ``math.isclose``); for the oracles, anything defined in the notebook (module
+    ``__main__``) that sits in ``torch``, ``torch.optim``, ``torch.optim.lr_scheduler``,
+    ``torch.nn.functional``, ``torch.linalg``, ``math`` or a module of ``course_lib``, or in the class
+    of an optimizer or scheduler there.
+    """
+    found = []
+    for name in ("allclose", "equal", "isclose"):
+        if getattr(torch, name, None) is not getattr(_FUNCTIONS, name):
+            found.append(f"torch.{name}")
+        if getattr(torch.Tensor, name, None) is not getattr(_TENSOR_BASE, name):
+            found.append(f"torch.Tensor.{name}")
+    isclose = getattr(math, "isclose", None)
+    if not (type(isclose) is types.BuiltinFunctionType and isclose.__name__ == "isclose" and isclose.__self__ is math):
+        found.append("math.isclose")
+    for label, namespace in _namespaces():
+        for name, value in list(namespace.items()):
+            if getattr(value, "__module__", None) == "__main__" and f"{label}.{name}" not in found:
+                found.append(f"{label}.{name}")
+    return found
+
+
+def _namespaces() -> Iterator[tuple[str, dict]]:
+    modules = [torch, torch.optim, torch.optim.lr_scheduler, torch.nn.functional, torch.linalg, math]
+    modules += [
+        module
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] == "course_lib" and isinstance(module, types.ModuleType)
+    ]
+    for module in modules:
+        yield module.__name__, vars(module)
+    yield "torch.Tensor", dict(vars(torch.Tensor))
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, type) and value.__module__.startswith("torch."):
+                yield f"{module.__name__}.{name}", dict(vars(value))
+
+
+def _require_originals(check: str) -> None:
+    """Raise :class:`CheckFailed` if code in the notebook replaced a function the checks rely on."""
+    replaced = _replaced()
+    if replaced:
+        were = "was" if len(replaced) == 1 else "were"
+        raise CheckFailed(
+            check,
+            f"{', '.join(replaced)} {were} replaced by code in this notebook. The checks compare your "
+            "functions with PyTorch's own and cannot be trusted while that is so: remove the assignment "
+            "and restart the kernel.",
+        )
 
 
 class CheckFailed(AssertionError):
@@ -54,7 +141,9 @@ def _format_tensor(value: torch.Tensor) -> str:
 
 
 def passed(check: str, detail: str) -> None:
-    """Print the one line that says a check passed."""
+    """Print the one line that says a check passed, unless a function the checks rely on was replaced
+    while the check ran (then raise :class:`CheckFailed`)."""
+    _require_originals(check)
     print(f"\u2713 {check} passed: {detail}")
 
 
@@ -71,6 +160,7 @@ class Trials:
             raise ValueError(f"seed must be None or a non-negative int, got {seed!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"trials must be a positive int, got {n!r}")
+        _require_originals(check)
         self.check = check
         self.fn_name = getattr(fn, "__name__", "your_function")
         self.seed = secrets.randbelow(2**31) if seed is None else seed
@@ -166,6 +256,8 @@ class Trials:
         """
         if not isinstance(got, torch.Tensor):
             raise self.fail(f"{what} should be a torch.Tensor, but it is a {type(got).__name__}: {got!r:.200}")
+        with _NO_SUBCLASS_OVERRIDES():
+            got = got.detach()  # a plain tensor: a subclass's __torch_function__ does not take part
         if tuple(got.shape) != tuple(expected.shape):
             shapes = f"shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
             raise self.fail(f"{what} has {shapes}, on input\n{inputs}")
@@ -174,8 +266,7 @@ class Trials:
                 f"{what} has dtype {got.dtype}, expected {expected.dtype} (the dtype of the inputs): build new "
                 "tensors from the inputs (torch.zeros_like, arithmetic on them) rather than with a default dtype."
             )
-        got = got.detach()
-        if torch.allclose(got, expected, rtol=rtol, atol=atol):
+        if _tensors_close(got, expected, rtol, atol):
             return
         error = (got - expected).abs().nan_to_num(nan=math.inf).flatten()
         worst = int(error.argmax())
@@ -188,7 +279,7 @@ class Trials:
             f"on input\n{inputs}"
         )
         for advice, mistaken in (hints or {}).items():
-            if torch.allclose(got, mistaken, rtol=rtol, atol=atol):
+            if _tensors_close(got, mistaken, rtol, atol):
                 message += f"\nHint: {advice}"
                 break
         raise self.fail(message)
@@ -206,14 +297,16 @@ class Trials:
     ) -> None:
         """Check that ``got`` is a real number within tolerance of ``expected`` (hints as above)."""
         if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+            with _NO_SUBCLASS_OVERRIDES():
+                got = got.item()
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             raise self.fail(f"{what} should be a number, but it is a {type(got).__name__}: {got!r:.200}")
-        if math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
+        got = float(got)  # a plain float: a subclass's comparison operators do not take part
+        if _isclose(got, expected, rtol, atol):
             return
         message = f"{what}: expected {expected:.10g}, got {got:.10g}, on input\n{inputs}"
         for advice, mistaken in (hints or {}).items():
-            if math.isclose(got, mistaken, rel_tol=rtol, abs_tol=atol):
+            if _isclose(got, mistaken, rtol, atol):
                 message += f"\nHint: {advice}"
                 break
         raise self.fail(message)
