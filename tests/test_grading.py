@@ -82,6 +82,7 @@ CHECKED_FUNCTION = {  # check -> the name its cell passes to it
     "lion_optimizer": "Lion",
     "snapshot_model": "Snapshot",
     "snapshot_optimizer": "Snapshot",
+    "eps_scheduler": "EpsScheduler",
 }
 
 
@@ -348,6 +349,8 @@ def _quantize_block(mistake):
             q = ((scaled + 1) * 127.5).round().clamp(0, 255)
         else:
             q = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2)
+        if code[0] >= 0 and mistake != "no floor":  # every other mistake keeps positive v off code 0
+            q = torch.where(scaled > 0, q.clamp(min=int((code <= 0).sum())), q)
         return (q if mistake == "int64" else q.to(torch.uint8)), absmax
 
     return quantize_block
@@ -412,6 +415,207 @@ def _snapshot(mistake):
                 torch.set_rng_state(self.rng)
 
     return Snapshot
+
+
+# ----- wrong answers for exercises 10 to 13 -------------------------------------------------------
+
+
+def _gd_step(mistake):
+    def gd_step(theta, H, b, lr):
+        grad = {"no b": H @ theta, "half": 0.5 * H @ theta - b}.get(mistake, H @ theta - b)
+        return theta + lr * grad if mistake == "ascent" else theta - lr * grad
+
+    return gd_step
+
+
+def _max_stable_lr(mistake):
+    def max_stable_lr(H):
+        eigenvalues = torch.linalg.eigvalsh(H)
+        return {
+            "1/L": 1 / eigenvalues[-1].item(),
+            "smallest": 2 / eigenvalues[0].item(),
+            "diagonal": 2 / torch.diagonal(H).max().item(),
+            "best rate": 2 / (eigenvalues[0] + eigenvalues[-1]).item(),
+        }[mistake]
+
+    return max_stable_lr
+
+
+def _convergence_factor(mistake):
+    def convergence_factor(H, lr):
+        factors = 1 - lr * torch.linalg.eigvalsh(H)
+        return {
+            "no abs": factors.max().item(),
+            "largest only": factors[-1].abs().item(),
+            "smallest only": factors[0].abs().item(),
+        }[mistake]
+
+    return convergence_factor
+
+
+def _newton_schulz(mistake):
+    """Muon's quintic, written out with one mistake."""
+
+    def newton_schulz(G, steps=5, eps=1e-7):
+        a, b, c = (1.5, -0.5, 0.0) if mistake == "cubic" else (3.4445, -4.7750, 2.0315)
+        steps = 5 if mistake == "always 5" else steps
+        tall = G.shape[0] > G.shape[1]
+        X = G.T if tall else G
+        if mistake == "bfloat16":
+            X = X.to(torch.bfloat16)
+        if mistake == "spectral norm":
+            X = X / torch.linalg.matrix_norm(X, ord=2).clamp(min=eps)
+        elif mistake == "no clamp":
+            X = X / X.norm()
+        elif mistake != "no normalization":
+            X = X / X.norm().clamp(min=eps)
+        for _ in range(steps):
+            A = X @ X.T
+            X = a * X + (b * A + c * (A if mistake == "A not squared" else A @ A)) @ X
+        X = X.to(G.dtype)
+        return X if mistake == "not back" or not tall else X.T
+
+    return newton_schulz
+
+
+def _svd_orthogonalize(mistake):
+    def svd_orthogonalize(G):
+        U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+        if mistake == "keeps S":
+            return U @ torch.diag(S) @ Vh
+        if mistake == "transposed":
+            return Vh.T @ U.T
+        return _newton_schulz("")(G)
+
+    return svd_orthogonalize
+
+
+def _schedule_free_weights(mistake):
+    def schedule_free_weights(lr, warmup_steps, n_steps):
+        if mistake == "plain average":
+            return [1 / t for t in range(1, n_steps + 1)]
+        weights, total = [], 0.0
+        for t in range(1, n_steps + 1):
+            shift = 1 if mistake == "warmup+1" else 0
+            rate = lr * min(1.0, (t + shift) / warmup_steps) if warmup_steps > 0 else lr
+            weight = rate if mistake == "power 1" else rate**2
+            total += weight
+            weights.append(weight / total)
+        return weights
+
+    return schedule_free_weights
+
+
+def _split(model, rule, weight_decay, *, frozen_too=False, twice=False):
+    """Two groups from ``rule(name, owner, param) -> bool``; ``twice`` visits modules one by one, so a
+    tied parameter is seen (and listed) under each of its owners."""
+    if twice:
+        seen = [(f"{m}.{n}".lstrip("."), owner, p) for m, owner in model.named_modules()
+                for n, p in owner.named_parameters(recurse=False)]  # fmt: skip
+    else:
+        seen = [(n, model.get_submodule(n.rpartition(".")[0]), p) for n, p in model.named_parameters()]
+    seen = [(n, o, p) for n, o, p in seen if frozen_too or p.requires_grad]
+    decayed = [p for n, o, p in seen if rule(n, o, p)]
+    kept = [p for n, o, p in seen if not rule(n, o, p)]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
+def _by_type(name, owner, param):
+    layers = (torch.nn.Linear, torch.nn.Bilinear, torch.nn.modules.conv._ConvNd, torch.nn.MultiheadAttention,
+              torch.nn.RNNBase)  # fmt: skip
+    return isinstance(owner, layers) and param.ndim >= 2
+
+
+def _decay_groups(mistake):
+    rules = {
+        "by name": lambda n, o, p: not any(s in n for s in ("bias", "LayerNorm.weight", "ln", "norm", "bn")),
+        "by ndim": lambda n, o, p: p.ndim >= 2,
+        "embeddings decay": lambda n, o, p: _by_type(n, o, p) or isinstance(o, torch.nn.Embedding),
+    }
+
+    def decay_groups(model, weight_decay):
+        rule = rules.get(mistake, _by_type)
+        groups = _split(model, rule, weight_decay, frozen_too=mistake == "frozen", twice=mistake == "twice")
+        if mistake == "decay both":
+            groups[1]["weight_decay"] = weight_decay
+        return groups
+
+    return decay_groups
+
+
+def _part_groups(mistake):
+    def part_groups(model, lrs, weight_decay):
+        groups = []
+        for part, lr in lrs.items():
+            if mistake == "prefix":  # a parameter whose name starts with an earlier part goes to that part
+                taken = {id(p) for g in groups for p in g["params"]}
+                split = _split(model, lambda n, o, p: n.startswith(part) and id(p) not in taken and _by_type(n, o, p),
+                               weight_decay)
+                kept = [(n, p) for n, p in model.named_parameters() if n.startswith(part) and id(p) not in taken
+                        and p.requires_grad and not any(p is q for q in split[0]["params"])]  # fmt: skip
+                groups += [{**split[0], "lr": lr}, {"params": [p for _, p in kept], "lr": lr, "weight_decay": 0.0}]
+                continue
+            for group in _split(model.get_submodule(part), _by_type, weight_decay):
+                groups.append({**group, "lr": lr})
+        return groups
+
+    return part_groups
+
+
+def _paper_eps(mistake):
+    def paper_eps(t, *, eps_base=1e-8, eps_min=1e-9, warmup=200, decay=200, alpha=0.1):
+        first = t <= warmup if mistake == "<= warmup" else t < warmup
+        if first and warmup > 0:
+            frac = (t + 1) / warmup if mistake == "t+1" else t / warmup
+            if mistake == "reversed":
+                return eps_min * (1 - frac) + eps_base * frac
+            return eps_base * (1 - frac) + eps_min * frac
+        s = t - warmup if mistake == "restart" else t
+        decayed = eps_base / (s / decay + 1) ** alpha
+        return decayed if mistake == "no floor" else max(decayed, eps_min)
+
+    return paper_eps
+
+
+def _eps_scheduler(mistake):
+    from course_lib.optim.layer_adaptive import paper_eps
+
+    class EpsScheduler:
+        def __init__(self, optimizer, *, eps_min=1e-9, warmup=200, decay=200, alpha=0.1):
+            self.optimizer, self.settings = optimizer, dict(eps_min=eps_min, warmup=warmup, decay=decay, alpha=alpha)
+            self.base = [1e-8 if mistake == "paper base" else g["eps"] for g in optimizer.param_groups]
+            self.t = 1 if mistake == "ahead" else 0
+            if mistake != "behind":
+                self._apply()
+
+        def _apply(self):
+            groups = self.optimizer.param_groups[:1] if mistake == "first group" else self.optimizer.param_groups
+            for i, group in enumerate(groups):
+                base = group["eps"] if mistake == "compounding" else self.base[i]
+                group["eps"] = paper_eps(self.t, eps_base=base, **self.settings)
+
+        def step(self):
+            if mistake == "behind":
+                self._apply()
+                self.t += 1
+            else:
+                self.t += 1
+                self._apply()
+
+    return EpsScheduler
+
+
+def _eps_floor_step(mistake):
+    def eps_floor_step(*, eps_base=1e-8, eps_min=1e-9, warmup=200, decay=200, alpha=0.1):
+        ratio = eps_base / eps_min
+        crossing = decay * ((ratio**alpha if mistake == "alpha" else ratio ** (1 / alpha)) - 1)
+        if mistake == "float":
+            return max(warmup, crossing)
+        if mistake == "no warmup":
+            return math.ceil(crossing)
+        return max(warmup, math.floor(crossing) if mistake == "floor" else math.ceil(crossing))
+
+    return eps_floor_step
 
 
 WRONG = [
@@ -488,6 +692,7 @@ WRONG = [
     ("quantize_block", _quantize_block("max"), "the largest magnitude"),
     ("quantize_block", _quantize_block("no guard"), "a block of zeros has absmax 0"),
     ("quantize_block", _quantize_block("int64"), "torch.uint8"),
+    ("quantize_block", _quantize_block("no floor"), "at least the smallest positive code"),
     ("dequantize_block", _dequantize_block("uint8 index"), "mask of booleans"),
     ("dequantize_block", _dequantize_block("no absmax"), "multiply the code values by absmax"),
     ("dequantize_block", _dequantize_block("q as value"), "q is an index into code"),
@@ -502,6 +707,54 @@ WRONG = [
     ("snapshot_optimizer", _snapshot("no rng"), "random number generator"),
     ("snapshot_optimizer", _snapshot("state only"), "the param groups differ in ['lr']"),
     ("snapshot_optimizer", _snapshot("in place"), "it must have none either"),
+    ("gd_step", _gd_step("ascent"), "step against the gradient"),
+    ("gd_step", _gd_step("no b"), "you left b out"),
+    ("gd_step", _gd_step("half"), "cancels the 2"),
+    ("max_stable_lr", _max_stable_lr("1/L"), "still stable above 1/L"),
+    ("max_stable_lr", _max_stable_lr("smallest"), "the largest eigenvalue limits"),
+    ("max_stable_lr", _max_stable_lr("diagonal"), "diagonal entries of H are not its eigenvalues"),
+    ("max_stable_lr", _max_stable_lr("best rate"), "converges fastest"),
+    ("convergence_factor", _convergence_factor("no abs"), "with absolute values"),
+    ("convergence_factor", _convergence_factor("largest only"), "the flattest direction"),
+    ("convergence_factor", _convergence_factor("smallest only"), "the stiffest direction"),
+    ("newton_schulz", _newton_schulz("cubic"), "cubic Newton-Schulz coefficients"),
+    ("newton_schulz", _newton_schulz("not back"), "transpose the result back"),
+    ("newton_schulz", _newton_schulz("no clamp"), "a zero G must give a zero result"),
+    ("newton_schulz", _newton_schulz("always 5"), "not always 5"),
+    ("newton_schulz", _newton_schulz("spectral norm"), "not by the spectral norm"),
+    ("newton_schulz", _newton_schulz("no normalization"), "divide G by its Frobenius norm first"),
+    ("newton_schulz", _newton_schulz("A not squared"), "A squared in the last term"),
+    ("newton_schulz", _newton_schulz("bfloat16"), "work in G's own dtype"),
+    ("svd_orthogonalize", _svd_orthogonalize("keeps S"), "drop the singular values"),
+    ("svd_orthogonalize", _svd_orthogonalize("transposed"), "transpose"),
+    ("svd_orthogonalize", _svd_orthogonalize("newton-schulz"), "only approximates"),
+    ("schedule_free_weights", _schedule_free_weights("plain average"), "the plain average"),
+    ("schedule_free_weights", _schedule_free_weights("power 1"), "not the rate itself"),
+    ("schedule_free_weights", _schedule_free_weights("warmup+1"), "reaching lr at t = warmup_steps"),
+    ("decay_groups", _decay_groups("by name"), "not by its name or shape"),
+    ("decay_groups", _decay_groups("by ndim"), "not by its name or shape"),
+    ("decay_groups", _decay_groups("embeddings decay"), "embeddings do not decay"),
+    ("decay_groups", _decay_groups("twice"), "a tied parameter"),
+    ("decay_groups", _decay_groups("frozen"), "leave frozen parameters out"),
+    ("decay_groups", _decay_groups("decay both"), "should have 'weight_decay': 0.0"),
+    ("part_groups", _part_groups("prefix"), "match whole submodule names"),
+    ("part_groups", lambda model, lrs, wd: [{"params": [p for p in model.get_submodule(part).parameters()
+                                                        if p.requires_grad], "lr": lr, "weight_decay": wd}
+                                            for part, lr in lrs.items()], "Use the same rule as in decay_groups"),
+    ("paper_eps", _paper_eps("restart"), "uses t itself in its second piece"),
+    ("paper_eps", _paper_eps("no floor"), "take max(..., eps_min)"),
+    ("paper_eps", _paper_eps("reversed"), "goes from eps_base at t = 0 towards eps_min"),
+    ("paper_eps", _paper_eps("t+1"), "not (t + 1) / T_w"),
+    ("paper_eps", _paper_eps("<= warmup"), "t = T_w already belongs to the second piece"),
+    ("eps_scheduler", _eps_scheduler("behind"), "one step behind"),
+    ("eps_scheduler", _eps_scheduler("ahead"), "one step ahead"),
+    ("eps_scheduler", _eps_scheduler("paper base"), "not the paper's 1e-8"),
+    ("eps_scheduler", _eps_scheduler("compounding"), "has already been changed by earlier steps"),
+    ("eps_scheduler", _eps_scheduler("first group"), "not only the first"),
+    ("eps_floor_step", _eps_floor_step("no warmup"), "the answer is at least T_w"),
+    ("eps_floor_step", _eps_floor_step("floor"), "round up (math.ceil), not down"),
+    ("eps_floor_step", _eps_floor_step("float"), "a step is an integer"),
+    ("eps_floor_step", _eps_floor_step("alpha"), "(eps_base/eps_min)^(1/alpha)"),
 ]
 
 
@@ -829,7 +1082,7 @@ def graded(tmp_path_factory) -> dict:
         sys.executable, "-m", "course_lib.grading", "grade", str(folder), "--out", str(out),
         "--report-dir", str(reports), "--exercises", str(SOURCES), "--cell-timeout", "20", "--jobs", "2",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     with open(out, newline="") as handle:
         rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}

@@ -12,9 +12,13 @@ from ._core import CheckFailed
 from .ablation import converged_at, make_scheduler
 from .adam import adam_step, adam_step_uncorrected, uncorrected_ratio
 from .adamw import adam_l2_step, adamw_shrink, adamw_step
+from .decay_split import decay_groups, part_groups
+from .eps_schedule import eps_floor_step, eps_scheduler, paper_eps
 from .large_batch import accumulation_step, autocast_gradients, lars_local_lr
 from .lion import lion_optimizer, lion_step
+from .orthogonalize import newton_schulz, schedule_free_weights, svd_orthogonalize
 from .quantization import dequantize_block, quantize_block
+from .quadratic import convergence_factor, gd_step, max_stable_lr
 from .restore import snapshot_model, snapshot_optimizer
 from .rmsprop import rmsprop_nesterov_step, rmsprop_step, run_rmsprop, steps_to_reach
 from .schedule import warmup_cosine_lr, warmup_cosine_scheduler
@@ -44,4 +48,15 @@ __all__ = [
     "dequantize_block",
     "snapshot_model",
     "snapshot_optimizer",
+    "gd_step",
+    "max_stable_lr",
+    "convergence_factor",
+    "newton_schulz",
+    "svd_orthogonalize",
+    "schedule_free_weights",
+    "decay_groups",
+    "part_groups",
+    "paper_eps",
+    "eps_scheduler",
+    "eps_floor_step",
 ]

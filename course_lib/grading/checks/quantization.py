@@ -52,7 +52,8 @@ def quantize_block(fn: Callable, *, seed: int | None = None, trials: int = 6) ->
 
     ``absmax`` (a number or a one-element tensor) must be the block's largest magnitude; ``q`` a
     ``torch.uint8`` tensor of the block's shape whose every entry is the index of a code value nearest
-    to ``block / absmax`` (ties within round-off may go either way). A block of zeros must give the
+    to ``block / absmax`` (ties within round-off may go either way), except that under an unsigned
+    map a positive value takes at least the smallest positive code. A block of zeros must give the
     index of the code's 0. The trials cover both dynamic maps, magnitudes over seven orders, a block
     whose largest magnitude is negative, a block of zeros and an evenly spaced code.
     """
@@ -83,6 +84,17 @@ def quantize_block(fn: Callable, *, seed: int | None = None, trials: int = 6) ->
         if tuple(got_q.shape) != tuple(block.shape):
             raise run.fail(f"q has shape {tuple(got_q.shape)}, expected {tuple(block.shape)}, on input\n{inputs}")
         scaled = block / want_absmax.clamp(min=torch.finfo(torch.float32).tiny)
+        if code[0] >= 0:  # unsigned map: positive values must not be stored as 0
+            zeroed = ((scaled > 0) & (code[got_q.long()] <= 0)).nonzero().flatten()
+            if len(zeroed):
+                i, smallest = int(zeroed[0]), int((code <= 0).sum())
+                raise run.fail(
+                    f"block[{i}] / absmax = {scaled[i].item():.3g} is positive, but q[{i}] = {int(got_q[i])} stands "
+                    f"for {code[int(got_q[i])].item():g} ({len(zeroed)} of {BLOCK} positive values stored as 0) on "
+                    f"input\n{inputs}\nHint: under an unsigned map (no negative codes, as for Adam's v) a positive "
+                    f"value keeps at least the smallest positive code, index {smallest}: after the nearest-code "
+                    "look-up, raise the index of every positive value to at least that one."
+                )
         got_distance = (scaled - code[got_q.long()]).abs()
         want_distance = (scaled - code[want_q.long()]).abs()
         wrong = (got_distance > want_distance + _TIE).nonzero().flatten()
@@ -121,7 +133,7 @@ def quantize_block(fn: Callable, *, seed: int | None = None, trials: int = 6) ->
                     message += f"\nHint: {advice}"
                     break
         raise run.fail(message)
-    passed("quantize_block", f"{run.n} random blocks match course_lib's quantize_blockwise (nearest code, absmax)")
+    passed("quantize_block", f"{run.n} random blocks match course_lib's quantize_blockwise (nearest code, no positive v as 0, absmax)")
 
 
 def dequantize_block(fn: Callable, *, seed: int | None = None, trials: int = 4) -> None:
