@@ -51,7 +51,7 @@ def lars_update(
     their weights are not left behind. The last two lines are :func:`sgd_update` on
     :math:`d_t` (the paper puts the rate inside the buffer, :math:`v_t = \mu v_{t-1} +
     \eta d_t`; the two agree while :math:`\eta` is constant). With ``adapt=False`` (for
-    biases and norm gains) :math:`\lambda_t = 1` and this is SGD with momentum and L2 decay.
+    biases and norm gains) :math:`r_t = 1` and this is SGD with momentum and L2 decay.
     """
     direction = grad.add(param, alpha=weight_decay) if weight_decay != 0 else grad
     if adapt:

@@ -85,8 +85,6 @@ def quantize_blockwise(x: Tensor, code: Tensor, blocksize: int = 256) -> tuple[T
     into :math:`\eta\, m / \epsilon`, a huge step, on every coordinate whose gradient is small
     compared with the largest one in its block and then zero for a while (rare input features,
     padding). Rounding :math:`v` up instead only makes that coordinate's step smaller.
-    bitsandbytes 0.50's CPU quantizer never stores a positive value as 0 either: it sends every
-    value smaller than about :math:`2 \cdot 10^{-5}` times absmax, zero included, to one small code.
     """
     flat = x.detach().reshape(-1).to(torch.float32)
     blocks = _blocks(flat, blocksize)
