@@ -9,16 +9,17 @@ scheduler for any model and number of steps. The stand-ins run in seconds on a C
 - :func:`digits`: scikit-learn's 8x8 digits as flat vectors or 1x8x8 images, pixels in [0, 1],
   optionally a subset of the classes and a few examples per class (for fine-tuning);
 - :func:`mlp`, :class:`SmallConvNet` (for the convolutional-network recipe),
-  :class:`TinyTransformer` with :func:`sort_task` and :func:`sequence_loss` (for the
-  transformer recipes);
-- :func:`ring_data`, :func:`gan_pair`, :func:`train_gan`, :func:`gan_quality` (for DCGAN's).
+  :class:`TinyTransformer` with :func:`sort_task` and :func:`sequence_loss` (for BERT's),
+  :class:`TinyViT` (a vision transformer on the digit images, for ViT's);
+- :func:`ring_data`, :func:`gan_pair`, :func:`train_gan`, :func:`gan_quality`,
+  :func:`ring_share` (for DCGAN's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +37,13 @@ __all__ = [
     "Recipe",
     "SmallConvNet",
     "TinyTransformer",
+    "TinyViT",
     "digits",
     "gan_pair",
     "gan_quality",
     "mlp",
     "ring_data",
+    "ring_share",
     "sequence_accuracy",
     "sequence_loss",
     "sort_task",
@@ -186,6 +189,63 @@ class TinyTransformer(nn.Module):
         return self.head(self.norm(x))
 
 
+class TinyViT(nn.Module):
+    """A vision transformer for small square images: patches, pre-norm blocks, mean pooling.
+
+    The image (``channels`` x ``image_size`` x ``image_size``) is cut into non-overlapping
+    ``patch`` x ``patch`` squares, read row by row (:meth:`patches`). Each patch's pixels go
+    through one linear layer (the patch embedding of ViT), plus a learned position embedding;
+    then ``n_layers`` blocks of ``nn.TransformerEncoderLayer`` (``norm_first=True``, GELU), a
+    final LayerNorm, the mean over the patches and a linear head. ViT reads its prediction from
+    an extra class token instead; the mean is the simpler choice at this size. ``blocks``,
+    ``norm`` and ``head`` are the parts that layer-wise learning rates address.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 8,
+        patch: int = 2,
+        channels: int = 1,
+        n_classes: int = 10,
+        d_model: int = 32,
+        n_heads: int = 2,
+        n_layers: int = 1,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if patch < 1 or image_size % patch:
+            raise ValueError(f"patch must be a divisor of image_size={image_size} in [1, {image_size}], got {patch}")
+        torch.manual_seed(seed)
+        self.image_size, self.patch, self.channels = image_size, patch, channels
+        self.n_patches = (image_size // patch) ** 2
+        self.embed = nn.Linear(channels * patch * patch, d_model)
+        self.pos = nn.Embedding(self.n_patches, d_model)
+        self.blocks = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    d_model, n_heads, 4 * d_model, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_patches, channels * patch * patch)``: the patches row by row, each flattened channel-first."""
+        p = self.patch
+        x = images.unfold(2, p, p).unfold(3, p, p)  # (batch, channels, rows, cols, p, p)
+        x = x.permute(0, 2, 3, 1, 4, 5)  # (batch, rows, cols, channels, p, p)
+        return x.reshape(images.shape[0], self.n_patches, -1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(self.patches(images)) + self.pos.weight
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(dim=1))
+
+
 def sort_task(n: int, length: int = 8, vocab: int = 10, seed: int = 0) -> torch.utils.data.TensorDataset:
     """``n`` random sequences of ``length`` tokens from ``range(vocab)``; the target is the sorted sequence.
 
@@ -257,12 +317,14 @@ def train_gan(
     latent: int = 2,
     seed: int = 0,
     data_kwargs: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Alternate one discriminator step and one generator step, ``steps`` times (non-saturating loss).
 
     A GAN has two losses pulling against each other, so each network has its own optimizer and
     its own backward pass; this is why it does not fit a single-loss training loop. Real data and
-    noise come from a generator seeded with ``seed``. Returns the losses per step.
+    noise come from a generator seeded with ``seed``. ``on_step(t)``, if given, is called after
+    step ``t`` (1, 2, ...), e.g. to measure the generator during training. Returns the losses per step.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -286,6 +348,8 @@ def train_gan(
         opt_g.step()
         history["d_loss"].append(d_loss.item())
         history["g_loss"].append(g_loss.item())
+        if on_step is not None:
+            on_step(len(history["d_loss"]))
     return history
 
 
@@ -311,6 +375,26 @@ def gan_quality(
     good = nearest.values < 3 * std
     counts = torch.bincount(nearest.indices[good], minlength=modes)
     return int((counts >= n / modes / 4).sum()), good.float().mean().item()
+
+
+@torch.no_grad()
+def ring_share(
+    generator: nn.Module,
+    n: int = 2000,
+    latent: int = 2,
+    radius: float = 2.0,
+    tolerance: float = 0.3,
+    seed: int = 1234,
+) -> float:
+    """The fraction of ``n`` generated points whose distance from the origin is within ``tolerance`` of ``radius``.
+
+    A coarser measure than :func:`gan_quality`: it asks whether the samples lie on the ring at
+    all, wherever on it, so it shows progress before the modes separate.
+    """
+    if n < 1 or tolerance <= 0:
+        raise ValueError(f"need n >= 1 and tolerance > 0, got n={n}, tolerance={tolerance}")
+    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
+    return ((generator(z).norm(dim=1) - radius).abs() < tolerance).float().mean().item()
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +474,17 @@ class Recipe:
         return None if total is None else self.warmup_steps / total
 
     def scaled(self, **changes: Any) -> Recipe:
-        """The same recipe with some settings changed (e.g. ``lr``, ``batch_size``, ``warmup_steps``)."""
+        """The same recipe with some settings changed (e.g. ``lr``, ``batch_size``, ``warmup_steps``).
+
+        The warmup stays the same *share* of training: a published warmup given in steps is
+        pinned as ``warmup_ratio`` first, so that changing ``batch_size`` (and with it the
+        published length in steps) does not change it. Passing ``warmup_steps`` or
+        ``warmup_ratio`` sets the warmup anew.
+        """
+        if "warmup_steps" in changes and "warmup_ratio" not in changes:
+            changes["warmup_ratio"] = None
+        elif "warmup_ratio" not in changes and self.warmup_ratio is None and self.warmup_fraction is not None:
+            changes["warmup_ratio"] = self.warmup_fraction
         return dataclasses.replace(self, **changes)
 
     def build(

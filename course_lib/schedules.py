@@ -13,7 +13,7 @@ small scheduler class that applies it to every param group of an optimizer:
 
 The LR schedulers subclass :class:`torch.optim.lr_scheduler.LRScheduler`, so they have
 ``step()``, ``get_last_lr()``, ``state_dict()``/``load_state_dict()`` and chain with
-``SequentialLR`` like torch's own.
+``SequentialLR`` like torch's own. :class:`ParamGroupScheduler` does not: step it beside them.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ class ParamGroupScheduler:
     ``state_dict()`` holds the counter and the last values, not ``fn``: rebuild the
     scheduler with the same ``fn`` and load the state (the optimizer's own state dict keeps
     ``group[key]`` and ``group['initial_<key>']``).
+
+    It is not a :class:`torch.optim.lr_scheduler.LRScheduler`, so it cannot be a member of
+    ``SequentialLR``, which calls LRScheduler internals on its members (it fails with an
+    ``AttributeError`` or ``TypeError``). ``ChainedScheduler`` only calls ``step()`` and so
+    steps it, but its ``get_last_lr()`` reports ``lr`` alone. The plain way to combine it with
+    an LR schedule is to step the two side by side, e.g.
+    ``Trainer(..., scheduler=[lr_scheduler, eps_scheduler])``.
 
     Example: ``ParamGroupScheduler(opt, "eps", lambda t, eps0: eps0 * 0.5 ** (t // 100))``.
     """

@@ -1,5 +1,6 @@
 """course_lib.recipes: data and model stand-ins, the GAN helpers, and the published recipes."""
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -101,6 +102,48 @@ def test_tiny_transformer_shapes_and_determinism():
     assert len(recipes.TinyTransformer(n_layers=3).blocks) == 3
 
 
+def test_tiny_vit_patches_are_the_image_squares_row_by_row():
+    model = recipes.TinyViT(image_size=8, patch=2, channels=3)
+    images = torch.randn(2, 3, 8, 8)
+    patches = model.patches(images)
+    assert patches.shape == (2, 16, 3 * 2 * 2) and model.n_patches == 16
+    for b in range(2):
+        for k in range(16):
+            r, c = divmod(k, 4)  # row by row
+            square = images[b, :, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
+            assert torch.equal(patches[b, k], square.reshape(-1))
+
+
+def test_tiny_vit_shapes_seeding_and_parts():
+    x = recipes.digits(image=True).x_train[:5]
+    a, b = recipes.TinyViT(seed=3), recipes.TinyViT(seed=3)
+    assert a(x).shape == (5, 10)
+    torch.testing.assert_close(a(x), b(x))
+    assert not torch.allclose(a(x), recipes.TinyViT(seed=4)(x))
+    assert recipes.TinyViT(patch=4).n_patches == 4 and recipes.TinyViT(patch=8)(x).shape == (5, 10)
+    deep = recipes.TinyViT(n_layers=3, n_classes=3)
+    assert len(deep.blocks) == 3 and deep(x).shape == (5, 3)
+    # every parameter belongs to the embedding, a block, the final norm or the head
+    parts = [deep.embed, deep.pos, *deep.blocks, deep.norm, deep.head]
+    owned = {id(p) for part in parts for p in part.parameters()}
+    assert owned == {id(p) for p in deep.parameters()}
+
+
+def test_tiny_vit_sees_where_a_pixel_is():
+    # the position embedding breaks the symmetry between patches: moving a pixel changes the output
+    model = recipes.TinyViT(seed=0)
+    x = torch.zeros(1, 1, 8, 8)
+    left, right = x.clone(), x.clone()
+    left[0, 0, 0, 0], right[0, 0, 7, 7] = 1.0, 1.0
+    assert not torch.allclose(model(left), model(right))
+
+
+@pytest.mark.parametrize("patch", [0, 3, 16])
+def test_tiny_vit_bad_patch(patch):
+    with pytest.raises(ValueError, match="patch"):
+        recipes.TinyViT(image_size=8, patch=patch)
+
+
 def test_sort_task_targets_are_sorted_inputs():
     ds = recipes.sort_task(50, length=6, vocab=7, seed=0)
     x, y = ds.tensors
@@ -167,6 +210,38 @@ def test_gan_quality_on_known_generators():
     modes, good = recipes.gan_quality(_Constant(centres[:3]))
     assert (modes, good) == (3, 1.0)
     assert recipes.gan_quality(_Constant(torch.zeros(1, 2))) == (0, 0.0)
+
+
+def test_ring_share_on_known_generators():
+    angles = torch.linspace(0, 2 * math.pi, 50)
+    on_ring = torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert recipes.ring_share(_Constant(2.0 * on_ring)) == 1.0  # anywhere on the ring, modes or not
+    assert recipes.ring_share(_Constant(2.2 * on_ring)) == 1.0  # within the tolerance of 0.3
+    assert recipes.ring_share(_Constant(2.5 * on_ring)) == 0.0
+    assert recipes.ring_share(_Constant(torch.zeros(1, 2))) == 0.0
+    half = torch.cat([2.0 * on_ring[:25], 0.5 * on_ring[:25]])
+    assert recipes.ring_share(_Constant(half), n=1000) == 0.5
+    with pytest.raises(ValueError, match="tolerance"):
+        recipes.ring_share(_Constant(on_ring), tolerance=0.0)
+
+
+def test_train_gan_calls_on_step_after_every_step():
+    g, d = recipes.gan_pair(hidden=8, seed=0)
+    og = torch.optim.Adam(g.parameters(), 1e-3)
+    od = torch.optim.Adam(d.parameters(), 1e-3)
+    start = g[0].weight.detach().clone()
+    seen, weights = [], []
+
+    def on_step(t):
+        seen.append(t)
+        weights.append(g[0].weight.detach().clone())
+
+    recipes.train_gan(g, d, og, od, steps=4, batch_size=8, on_step=on_step)
+    assert seen == [1, 2, 3, 4]
+    # called after the step: the first call already sees moved weights, the last one the final weights
+    assert not torch.equal(weights[0], start)
+    assert all(not torch.equal(a, b) for a, b in zip(weights, weights[1:]))
+    assert torch.equal(weights[-1], g[0].weight)
 
 
 def test_train_gan_is_deterministic_and_logs_both_losses():
@@ -298,3 +373,23 @@ def test_scaled_changes_only_what_is_named():
     assert (small.lr, small.batch_size) == (1e-3, 64)
     assert (small.weight_decay, small.warmup_steps, small.source) == (base.weight_decay, base.warmup_steps, base.source)
     assert base.lr == 3e-3  # the published recipe is untouched
+
+
+def test_scaled_keeps_the_published_warmup_share():
+    vit = PUBLISHED["vit_b16_imagenet"]  # warmup given in steps, length in epochs: the share depends on batch_size
+    share = 10_000 / (300 * math.ceil(1_281_167 / 4096))
+    for batch_size in (64, 1024, 4096):
+        assert vit.scaled(batch_size=batch_size).warmup_fraction == pytest.approx(share)
+    # without the pin, a smaller batch would make the same 10,000 steps a far smaller share
+    assert dataclasses.replace(vit, batch_size=64).warmup_fraction < share / 50
+    model = nn.Linear(2, 1)
+    opt, sched = vit.scaled(lr=1.0, batch_size=64).build(model, total_steps=100)
+    lrs = _trace(opt, sched, 20)
+    warmup = round(share * 100)
+    assert lrs[0] == 0.0 and lrs[warmup - 1] < 1.0 and lrs[warmup] == pytest.approx(1.0)
+    # setting the warmup anew
+    assert vit.scaled(batch_size=64, warmup_steps=0).warmup_fraction == 0.0
+    assert vit.scaled(warmup_ratio=0.2).warmup_fraction == 0.2
+    bert = PUBLISHED["bert_pretraining"]  # length in steps: batch_size does not change the share anyway
+    assert bert.scaled(batch_size=32).warmup_fraction == pytest.approx(0.01)
+    assert PUBLISHED["bert_finetuning"].scaled(batch_size=8).warmup_fraction == 0.1

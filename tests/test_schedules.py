@@ -217,6 +217,34 @@ def test_param_group_scheduler_errors():
         sched.load_state_dict({"key": "weight_decay", "last_epoch": 0, "_last_values": [0.0]})
 
 
+def test_param_group_scheduler_is_not_an_lr_scheduler_and_steps_beside_one():
+    assert not isinstance(ParamGroupScheduler(make_optimizer(cls=torch.optim.Adam), "eps", lambda t, v: v), tls.LRScheduler)
+
+    # inside SequentialLR it breaks, at the latest when SequentialLR hands over to it
+    def sequential():
+        opt = make_optimizer(cls=torch.optim.Adam)
+        warm = tls.LinearLR(opt, start_factor=0.5, total_iters=2)
+        eps = ParamGroupScheduler(opt, "eps", lambda t, v: v / 2**t)
+        sched = tls.SequentialLR(opt, [warm, eps], milestones=[2])
+        for _ in range(4):
+            opt.step()
+            sched.step()
+
+    with pytest.raises((AttributeError, TypeError)):
+        sequential()
+
+    # side by side, each one moves its own hyperparameter as if it were alone
+    opt = make_optimizer((0.1,), cls=torch.optim.Adam)
+    lr_sched = tls.LinearLR(opt, start_factor=0.5, total_iters=4)
+    eps_sched = ParamGroupScheduler(opt, "eps", lambda t, v: v / 2**t)
+    for t in range(1, 6):
+        opt.step()
+        for sched in (lr_sched, eps_sched):
+            sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * min(1.0, 0.5 + 0.5 * t / 4))
+        assert opt.param_groups[0]["eps"] == pytest.approx(1e-8 / 2**t)
+
+
 def test_plot_schedule_returns_the_trajectory_and_draws_it():
     values = plot_schedule(lambda opt: WarmupCosineLR(opt, 3, 10, min_ratio=0.1), 15, base_value=2.0)
     want = [2.0 * warmup_cosine_factor(t, 3, 10, min_ratio=0.1) for t in range(15)]
