@@ -353,6 +353,12 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, stop):
     assert resumed.step == stop
     history = resumed.fit()
 
+    assert_same_run(straight, resumed, history)
+
+
+
+def assert_same_run(straight, resumed, history):
+    """The resumed trainer ends with the uninterrupted run's parameters, losses and learning rates, bit for bit."""
     for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert history["loss"] == straight.history["loss"]
@@ -394,11 +400,7 @@ def test_resume_with_epoch_and_plateau_schedulers_is_bit_identical(tmp_path, sch
     resumed.load_checkpoint(tmp_path / "ckpt.pt")
     history = resumed.fit()
 
-    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(p, q)
-    assert history["loss"] == straight.history["loss"]
-    assert history["lr"] == straight.history["lr"]
-    assert history["val_loss"] == straight.history["val_loss"]
+    assert_same_run(straight, resumed, history)
     lrs = straight.history["lr"]
     assert len(set(lrs[stop:])) > 1  # the schedule changes the rate after the stop
     if schedule == "plateau":
