@@ -12,14 +12,21 @@ export BOOK_EXECUTION_WORKERS ?= $(NB_WORKERS)
 export PYTHONHASHSEED := 0
 # Small models run faster on one thread, and a loaded machine does not slow them down 10x.
 export OMP_NUM_THREADS ?= 1
+# A claim a lesson makes about its own run fails the build and the tests when it does not hold
+# (course_lib.claims); in a student's own run it shows a note instead.
+export COURSE_CLAIMS := strict
+# The book executes the notebooks on this machine's own CPU kernels; nbval executes them again on
+# ATen's portable kernels, so every `make test` checks that no claim hangs on one path's rounding.
+NBVAL_CPU_CAPABILITY ?= default
 
-.PHONY: help venv book test test-lib test-notebooks test-book chromium sync clean bench
+.PHONY: help venv book test test-lib test-notebooks test-book test-portability chromium sync clean bench
 
 help:
 	@echo "make book   - create .venv, install pinned dependencies, build the book (HTML in _build/html)"
 	@echo "make test   - library tests, notebook checks, and every notebook executed with nbval"
 	@echo "make sync   - update the .ipynb twins from the .md sources and strip their outputs"
 	@echo "make bench  - run the optimizer-step benchmark"
+	@echo "make test-portability - run every notebook on each CPU kernel path (and GPU) here; list failed claims"
 
 venv: $(VENV)/.installed
 
@@ -51,8 +58,12 @@ chromium:
 	  { echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path/to/chrome)."; exit 1; }
 
 test-notebooks: venv
-	COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+	ATEN_CPU_CAPABILITY=$(NBVAL_CPU_CAPABILITY) COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
 	  -n $(NB_WORKERS) --dist loadfile $(NOTEBOOKS)
+
+# Every lesson and solution on each numeric path this machine offers; writes benchmarks/results/portability.json.
+test-portability: venv
+	$(PY) benchmarks/portability.py --workers $(NB_WORKERS)
 
 sync: venv
 	$(BIN)/jupytext --sync $$(grep -l '^jupytext:' lessons/*.md exercises/*.md exercises/*/*.md 2>/dev/null)

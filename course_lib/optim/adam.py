@@ -41,14 +41,17 @@ def adam_update(
         \text{AdamW (decoupled):}\quad & \theta_{t-1} \leftarrow (1 - \eta\lambda)\, \theta_{t-1} \\
         m_t &\leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
         v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
-        \hat v_t &\leftarrow \max(\hat v_{t-1}, v_t) \text{ (AMSGrad), else } v_t \\
+        v^{\max}_t &\leftarrow \max(v^{\max}_{t-1}, v_t) \quad \text{(AMSGrad only)} \\
         \theta_t &\leftarrow \theta_{t-1} - \frac{\eta}{1 - \beta_1^t} \,
-            \frac{m_t}{\sqrt{\hat v_t / (1 - \beta_2^t)} + \epsilon}
+            \frac{m_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+            \quad \text{(AMSGrad: } v^{\max}_t \text{ in place of } v_t)
 
     The factors :math:`1 - \beta^t` undo the bias of averages that start at zero. With L2 decay
     the penalty's gradient is divided by :math:`\sqrt{\hat v_t}` like any gradient, so weights
     with large gradients are decayed less; decoupled decay shrinks every weight by the same
-    factor (Loshchilov & Hutter, 2019).
+    factor (Loshchilov & Hutter, 2019). :math:`v^{\max}_t`, AMSGrad's running maximum of the raw
+    second moment (Reddi et al., 2018), is kept in ``state["max_exp_avg_sq"]``; as in torch, the
+    bias correction divides the maximum, not each :math:`v_t` before it is compared.
     """
     if weight_decay != 0:
         if decoupled_weight_decay:

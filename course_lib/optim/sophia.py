@@ -82,8 +82,10 @@ class SophiaG(CourseOptimizer):
         lr: learning rate :math:`\eta \ge 0`: the largest change of a coordinate per step.
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1): decay rates of the momentum and of
             the Hessian estimate's average.
-        rho: :math:`\rho \ge 0`; scales the Hessian, so a smaller :math:`\rho` clips fewer
-            coordinates (the paper's :math:`\gamma`).
+        rho: :math:`\rho \ge 0`; scales the Hessian in the denominator, so a smaller
+            :math:`\rho` makes the ratio :math:`m_t / (\rho\, bs\, h_t)` larger and clips *more*
+            coordinates (more steps of exactly :math:`\pm\eta`); a larger :math:`\rho` clips fewer
+            (the paper's :math:`\gamma`).
         weight_decay: :math:`\lambda \ge 0`, decoupled as in AdamW.
         maximize: ascend the objective instead of descending it.
         eps: :math:`\epsilon > 0`, the smallest denominator.
