@@ -8,7 +8,7 @@ small scheduler class that applies it to every param group of an optimizer:
 - :func:`warmup_poly_factor` / :class:`WarmupPolyLR`: linear warmup, then polynomial decay;
 - :class:`ParamGroupScheduler`: any group hyperparameter (``eps``, ``weight_decay``, ...)
   as a function of the step (the capstone's epsilon schedule,
-  :class:`course_lib.optim.layer_adaptive.PaperEpsScheduler`, is one);
+  :class:`course_lib.capstone.method.PaperEpsScheduler`, is one);
 - :func:`plot_schedule`: the trajectory of any scheduler, drawn and returned.
 
 The LR schedulers subclass :class:`torch.optim.lr_scheduler.LRScheduler`, so they have

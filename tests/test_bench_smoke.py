@@ -60,7 +60,7 @@ def test_tiny_run_writes_json_and_markdown(bench, tmp_path, monkeypatch, capsys)
         assert ROW_FIELDS <= set(row)
         for key in ("median_ms", "bandwidth_GBps", "fraction_of_copy_bandwidth", "state_MB",
                     "ratio_to_best_torch_loop_or_foreach", "ratio_at_lower_quartile"):
-            assert row[key] > 0, key
+            assert row[key] > 0, (key, row)
     assert report["rows"][1]["ratio_to_best_torch_loop_or_foreach"] == 1.0  # the only torch reference
     table = md_path.read_text()
     assert "GB/s moved" in table and "course_lib (default)" in table

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from course_lib import capstone
+from course_lib.data import shards
 from course_lib.capstone import (
     CapstoneConfig,
     EpsProbe,
@@ -32,8 +33,8 @@ from course_lib.capstone import (
     t_quantile,
 )
 from course_lib.models import QwenConfig, count_parameters
-from course_lib.optim.layer_adaptive import paper_eps
-from course_lib.trainer import Callback
+from course_lib.capstone.method import paper_eps
+from course_lib.train import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(steps=12, batch_size=4, eval_every=6, eval_batches=1, eval_batch_size=8,
@@ -167,7 +168,7 @@ def test_a_checkpoint_with_other_settings_is_not_resumed(tmp_path, data_dir):
 
 
 def test_each_process_gets_its_slice_of_the_same_batch(data_dir):
-    tokens = np.asarray(capstone.text.load_split(data_dir))
+    tokens = np.asarray(shards.load_split(data_dir))
     cfg = tiny(Path("unused"), data_dir, batch_size=8)
     whole = StepBatches(tokens, cfg, 64, seed=3)
     assert whole.accumulation == 1

@@ -23,17 +23,17 @@ import nbformat
 import pytest
 import torch
 
-from course_lib.grading import checks
-from course_lib.grading.__main__ import main
-from course_lib.grading.checks import CheckFailed
-from course_lib.grading.checks._core import Trials
-from course_lib.grading.checks.ablation import reference_converged_at, reference_schedule_lrs
-from course_lib.grading.checks.large_batch import lars_reference_local_lr
-from course_lib.grading.checks.lion import lion_reference
-from course_lib.grading.checks.schedule import reference_lrs
+from course_lib import checks
+from course_grading.__main__ import main
+from course_lib.checks import CheckFailed
+from course_lib.checks._core import Trials
+from course_lib.checks.ablation import reference_converged_at, reference_schedule_lrs
+from course_lib.checks.large_batch import lars_reference_local_lr
+from course_lib.checks.lion import lion_reference
+from course_lib.checks.schedule import reference_lrs
 from course_lib.schedules import WarmupCosineLR
-from course_lib.grading.exercises import build_exercises, check_tag, load_exercises
-from course_lib.grading.grader import find_submissions, prepare
+from course_grading.exercises import build_exercises, check_tag, load_exercises
+from course_grading.grader import find_submissions, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = ROOT / "exercises"
@@ -578,7 +578,7 @@ def _paper_eps(mistake):
 
 
 def _eps_scheduler(mistake):
-    from course_lib.optim.layer_adaptive import paper_eps
+    from course_lib.capstone.method import paper_eps
 
     class EpsScheduler:
         def __init__(self, optimizer, *, eps_min=1e-9, warmup=200, decay=200, alpha=0.1):
@@ -866,7 +866,7 @@ def test_converged_at_reference_and_lars_reference_worked_by_hand():
 
 def test_committed_notebooks_are_what_the_sources_generate(tmp_path: Path):
     assert main(["build-exercises", "--src", str(SOURCES), "--out", str(EXERCISES), "--check"]) == 0, (
-        "the exercise notebooks are out of date: run `python -m course_lib.grading build-exercises`"
+        "the exercise notebooks are out of date: run `python -m course_grading build-exercises`"
     )
     written = build_exercises(SOURCES, tmp_path)
     assert len(written) == 4 * len(ALL)
@@ -1079,7 +1079,7 @@ def graded(tmp_path_factory) -> dict:
     (folder / "stray.ipynb").write_text("{}")
     out, reports = folder.parent / "gradebook.csv", folder.parent / "reports"
     command = [
-        sys.executable, "-m", "course_lib.grading", "grade", str(folder), "--out", str(out),
+        sys.executable, "-m", "course_grading", "grade", str(folder), "--out", str(out),
         "--report-dir", str(reports), "--exercises", str(SOURCES), "--cell-timeout", "20", "--jobs", "2",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)

@@ -18,12 +18,12 @@ import nbformat
 import pytest
 import torch
 
-import course_lib.grading
-from course_lib.grading import checks
-from course_lib.grading.checks import CheckFailed
-from course_lib.grading.checks._core import Trials
-from course_lib.grading.exercises import load_exercises
-from course_lib.grading.grader import grade, isolate_checks, prepare, tampering
+import course_grading
+from course_lib import checks
+from course_lib.checks import CheckFailed
+from course_lib.checks._core import Trials
+from course_grading.exercises import load_exercises
+from course_grading.grader import grade, isolate_checks, prepare, tampering
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,13 +114,13 @@ def _check_cell(nb, name: str) -> str:
 
 def test_replacing_the_checks_module_fools_a_plain_import_but_not_the_graders_check_cell(monkeypatch, rmsprop_exercise):
     fake = types.SimpleNamespace(rmsprop_step=lambda fn, **kwargs: print("\u2713 rmsprop_step passed"))
-    monkeypatch.setattr(course_lib.grading, "checks", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "course_lib.grading.checks", fake)
+    monkeypatch.setattr(course_grading, "checks", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "course_lib.checks", fake)
     prepared, checks_at, _ = prepare(rmsprop_exercise.student_notebook(), rmsprop_exercise)
     plain = _check_cell(prepared, "rmsprop_step")
     exec(plain, {"rmsprop_step": wrong_rmsprop_step})  # the student's copy of the cell is fooled
     isolated = _check_cell(isolate_checks(prepared, checks_at), "rmsprop_step")
-    assert "from course_lib.grading import checks" not in isolated
+    assert "from course_lib import checks" not in isolated
     before = set(sys.modules)
     with pytest.raises(AssertionError, match="rmsprop_step: theta differs"):  # the fresh module's CheckFailed
         exec(isolated, {"rmsprop_step": wrong_rmsprop_step})
@@ -130,20 +130,20 @@ def test_replacing_the_checks_module_fools_a_plain_import_but_not_the_graders_ch
 
 def test_tampering_names_assignments_to_torch_and_course_lib_under_any_alias():
     cells = [
-        "import torch as t\nimport sys\nfrom course_lib.grading import checks\nimport course_lib.grading",
+        "import torch as t\nimport sys\nfrom course_lib import checks\nimport course_lib.checks",
         "t.allclose = lambda *a, **k: True",
         "checks.rmsprop_step = print",
-        "course_lib.grading.checks, x = None, 1",
+        "course_lib.checks, x = None, 1",
         "setattr(t.optim, 'RMSprop', object)",
-        "sys.modules['course_lib.grading.checks'] = None",
+        "sys.modules['course_lib.checks'] = None",
         "model.weight = 3\nsys.stdout = None\nx.allclose = 1",  # not watched
         "%matplotlib inline\nimport math\nmath.isclose = max",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
     assert tampering(nb) == {
         1: ["torch.allclose"],
-        2: ["course_lib.grading.checks.rmsprop_step"],
-        3: ["course_lib.grading.checks"],
+        2: ["course_lib.checks.rmsprop_step"],
+        3: ["course_lib.checks"],
         4: ["torch.optim.RMSprop"],
         5: ["sys.modules[...]"],
         7: ["math.isclose"],
@@ -169,7 +169,7 @@ def _cell(source: str, tags: str = "", points: int = 0) -> str:
 
 
 TINY = HEADER + "".join([
-    _cell("import torch\n\nfrom course_lib.grading import checks"),
+    _cell("import torch\n\nfrom course_lib import checks"),
     _cell("def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):\n    # BEGIN SOLUTION\n"
           "    square_avg = alpha * square_avg + (1 - alpha) * grad**2\n"
           "    return theta - lr * grad / (square_avg.sqrt() + eps), square_avg\n    # END SOLUTION"),
@@ -211,10 +211,10 @@ def graded(tmp_path_factory) -> dict:
     # bob: nothing implemented; a checks module whose every check prints a pass, everywhere it is looked up
     nb = exercise.student_notebook()
     nb.cells[1].source += (
-        "\nimport sys, types\nimport course_lib.grading\n\n"
+        "\nimport sys, types\nimport course_grading\n\n"
         "fake = types.SimpleNamespace(**{name: lambda *args, **kwargs: print('\u2713 passed')\n"
         "                                for name in ['rmsprop_step', 'steps_to_reach', 'converged_at']})\n"
-        "course_lib.grading.checks = sys.modules['course_lib.grading.checks'] = checks = fake"
+        "course_lib.checks = sys.modules['course_lib.checks'] = checks = fake"
     )
     nbformat.write(nb, folder / "bob__01_tiny.ipynb")
     # carol: right answers, but the cell that defines converged_at first loops forever, ignoring SIGINT.
@@ -246,7 +246,7 @@ def test_a_replaced_checks_module_earns_nothing(graded):
     row, report = graded["rows"]["bob"], graded["reports"]["bob"]
     assert (row["rmsprop_step"], row["steps_to_reach"], row["converged_at"], row["total"]) == ("0", "0", "0", "0")
     assert report.count("NotImplementedError: Exercise: implement") == 3  # the real checks ran
-    assert "cell 1 assigns to course_lib.grading.checks, sys.modules[...]" in report
+    assert "cell 1 assigns to course_lib.checks, sys.modules[...]" in report
 
 
 def test_a_cell_that_kills_the_kernel_costs_only_the_checks_that_depend_on_it(graded):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import landscapes
-from course_lib.landscapes import LANDSCAPES, trajectory
+from course_lib.viz import landscapes
+from course_lib.viz.landscapes import LANDSCAPES, trajectory
 
 ALL = list(LANDSCAPES.values())
 

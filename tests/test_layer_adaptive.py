@@ -1,4 +1,4 @@
-"""Tests of course_lib.optim.layer_adaptive: groups, LayerAdaptiveAdamW, the paper's eps schedule."""
+"""Tests of course_lib.capstone.method: groups, LayerAdaptiveAdamW, the paper's eps schedule."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from course_lib.models import QwenConfig, QwenLM, lm_loss  # noqa: E402
 from course_lib.models.qwen import RMSNorm  # noqa: E402
-from course_lib.optim.layer_adaptive import (  # noqa: E402
+from course_lib.capstone.method import (  # noqa: E402
     LayerAdaptiveAdamW,
     PaperEpsScheduler,
     layer_param_groups,

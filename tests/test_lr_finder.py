@@ -1,4 +1,4 @@
-"""course_lib.lr_finder: the sweep, smoothing, stop, suggestion against a stability bound, exact restore."""
+"""course_lib.train.lr_finder: the sweep, smoothing, stop, suggestion against a stability bound, exact restore."""
 
 import copy
 import math
@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.lr_finder import RangeTestResult, lr_range_test, smooth, suggest_lr
-from course_lib.trainer import SeededBatches, supervised_loss
+from course_lib.train.lr_finder import RangeTestResult, lr_range_test, smooth, suggest_lr
+from course_lib.data import SeededBatches
+from course_lib.train import supervised_loss
 
 
 def least_squares(seed=0, n=64):

@@ -257,14 +257,24 @@ def test_lars_without_adaptation_is_sgd(nesterov):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
-def test_lars_momentum_switched_on_after_the_first_step_is_an_error():
-    p = torch.ones(2, requires_grad=True)
-    opt = LARS([p], momentum=0.0)
-    p.grad = torch.ones(2)
-    opt.step()
-    opt.param_groups[0]["momentum"] = 0.9
-    with pytest.raises(RuntimeError, match="momentum"):
-        opt.step()
+def test_lars_momentum_switched_on_later_follows_the_base_rule():
+    """Momentum 0, then 0.9 from step 4: the buffer starts at zero then (the base class's rule). Oracle:
+    LARS without adaptation is SGD, and torch's SGD given a zero buffer at that step does the same."""
+    def trajectory(make, inject):
+        p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+        opt = make([p])
+        for t in range(8):
+            if t == 3:
+                opt.param_groups[0]["momentum"] = 0.9
+                if inject:
+                    opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            p.grad = torch.sin(torch.arange(3.0, dtype=torch.float64) + t) + p.detach()
+            opt.step()
+        return p.detach()
+
+    ours = trajectory(lambda ps: LARS(ps, lr=0.1, momentum=0.0, adapt=False), inject=False)
+    theirs = trajectory(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.0, foreach=False), inject=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 # --- both -----------------------------------------------------------------------------------------

@@ -379,12 +379,13 @@ def test_state_dict_survives_save_and_weights_only_load(cls, config):
 
 
 @pytest.mark.parametrize("foreach", [False, None, True], ids=["loop", "tiled", "foreach"])
-def test_sgd_momentum_switched_on_later_starts_its_buffer_like_torch(foreach):
-    """momentum 0 for three steps, then 0.9 with dampening: the buffer starts at that step's gradient, as
-    in torch; switched off and on again, the old buffer comes back, as in torch."""
+def test_sgd_momentum_switched_on_later_follows_the_base_rule(foreach):
+    """momentum 0 for three steps, then 0.9 with dampening: the buffer starts at zero at that step (the base
+    class's rule for state switched on later), so its first value is (1 - dampening) g; switched off and on
+    again, the old buffer comes back, as in torch. Oracle: torch's SGD given a zero buffer at that step."""
     config = dict(lr=0.1, weight_decay=0.1)
 
-    def switching(make):
+    def switching(make, inject):
         params = make_params()
         opt = make(groups(params, config), **config)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t))
@@ -393,16 +394,41 @@ def test_sgd_momentum_switched_on_later_starts_its_buffer_like_torch(foreach):
             for group in opt.param_groups:
                 group.update(momentum=momentum, dampening=0.3 if momentum else 0.0)
             set_grads(params, t)
+            if inject and momentum:
+                for p in params:
+                    if p.grad is not None and "momentum_buffer" not in opt.state[p]:
+                        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
             opt.step()
             sched.step()
         return params, opt
 
-    ours_params, ours = switching(lambda p, **c: co.SGD(p, foreach=foreach, **c))
-    ref_params, ref = switching(lambda p, **c: torch.optim.SGD(p, foreach=False, **c))
+    ours_params, ours = switching(lambda p, **c: co.SGD(p, foreach=foreach, **c), inject=False)
+    ref_params, ref = switching(lambda p, **c: torch.optim.SGD(p, foreach=False, **c), inject=True)
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"],
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_amsgrad_switched_on_later_starts_its_maximum_at_zero():
+    """Adam with amsgrad switched on at step 4: the running maximum starts at zero then (the base rule).
+    Oracle: torch's Adam(amsgrad=True) given a zero max_exp_avg_sq at that step."""
+    def trajectory(make, inject):
+        p = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+        opt = make([p])
+        for t in range(8):
+            if t == 3:
+                opt.param_groups[0]["amsgrad"] = True
+                if inject:
+                    opt.state[p]["max_exp_avg_sq"] = torch.zeros_like(p)
+            p.grad = torch.sin(torch.arange(3.0) + t) * (4.0 if t == 2 else 1.0) + p.detach()
+            opt.step()
+        return p.detach(), opt.state[p]
+
+    ours, ours_state = trajectory(lambda ps: co.Adam(ps, lr=0.01), inject=False)
+    theirs, their_state = trajectory(lambda ps: torch.optim.Adam(ps, lr=0.01, foreach=False), inject=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours_state["max_exp_avg_sq"], their_state["max_exp_avg_sq"], rtol=1e-10, atol=1e-12)
 
 
 # --- drop-in: signatures, and runs started with torch.optim ---------------------------------------

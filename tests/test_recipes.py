@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import recipes
+from course_lib import data, models, recipes
+from course_lib.train import tasks
 from course_lib.recipes import PUBLISHED, Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_digits_pixels_in_unit_interval_and_stratified_split():
-    s = recipes.digits(seed=0)
+    s = data.load_digits(scale="unit", seed=0)
     assert s.x_train.shape == (1437, 64) and s.x_test.shape == (360, 64)
     for x in (s.x_train, s.x_test):
         assert x.min() >= 0.0 and x.max() <= 1.0
@@ -31,24 +32,24 @@ def test_digits_pixels_in_unit_interval_and_stratified_split():
 
 
 def test_digits_are_deterministic_and_seed_dependent():
-    a, b, c = recipes.digits(seed=3), recipes.digits(seed=3), recipes.digits(seed=4)
+    a, b, c = data.load_digits(scale="unit", seed=3), data.load_digits(scale="unit", seed=3), data.load_digits(scale="unit", seed=4)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
     assert not torch.equal(a.x_train, c.x_train)
 
 
 def test_digits_images_and_class_subsets():
-    img = recipes.digits(image=True)
+    img = data.load_digits(scale="unit", image=True)
     assert img.x_train.shape[1:] == (1, 8, 8)
-    flat = recipes.digits()
+    flat = data.load_digits(scale="unit")
     torch.testing.assert_close(img.x_train.flatten(1), flat.x_train)
 
-    sub = recipes.digits(classes=[7, 3])
+    sub = data.load_digits(scale="unit", classes=[7, 3])
     assert sub.n_classes == 2 and set(sub.y_train.tolist()) == {0, 1}
-    few = recipes.digits(classes=[7, 3], train_per_class=4)
+    few = data.load_digits(scale="unit", classes=[7, 3], train_per_class=4)
     assert torch.bincount(few.y_train).tolist() == [4, 4]
     assert torch.equal(few.x_test, sub.x_test)  # the test split stays whole
     # relabelling follows the given order: class 0 is the digit 7
-    full = recipes.digits()
+    full = data.load_digits(scale="unit")
     sevens = torch.cat([full.x_train[full.y_train == 7], full.x_test[full.y_test == 7]])
     threes = torch.cat([full.x_train[full.y_train == 3], full.x_test[full.y_test == 3]])
     for x, label in zip(few.x_train, few.y_train):
@@ -67,7 +68,7 @@ def test_digits_images_and_class_subsets():
 )
 def test_digits_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        recipes.digits(**kwargs)
+        data.load_digits(scale="unit", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,17 +77,17 @@ def test_digits_bad_arguments(kwargs, match):
 
 
 def test_mlp_structure_and_seeding():
-    m = recipes.mlp([64, 32, 16, 10], seed=1, activation=nn.Tanh, dropout=0.5)
+    m = models.mlp([64, 32, 16, 10], seed=1, activation=nn.Tanh, dropout=0.5)
     kinds = [type(layer).__name__ for layer in m]
     assert kinds == ["Linear", "Tanh", "Dropout", "Linear", "Tanh", "Dropout", "Linear"]
-    again = recipes.mlp([64, 32, 16, 10], seed=1, activation=nn.Tanh, dropout=0.5)
+    again = models.mlp([64, 32, 16, 10], seed=1, activation=nn.Tanh, dropout=0.5)
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), again.parameters()))
     with pytest.raises(ValueError, match="sizes"):
-        recipes.mlp([64])
+        models.mlp([64])
 
 
 def test_small_conv_net_shapes_and_parts():
-    net = recipes.SmallConvNet(n_classes=5, width=4, seed=0)
+    net = models.SmallConvNet(n_classes=5, width=4, seed=0)
     assert net(torch.rand(3, 1, 8, 8)).shape == (3, 5)
     assert len(net.blocks) == 3
     owned = {id(p) for b in net.blocks for p in b.parameters()} | {id(p) for p in net.head.parameters()}
@@ -94,16 +95,16 @@ def test_small_conv_net_shapes_and_parts():
 
 
 def test_tiny_transformer_shapes_and_determinism():
-    a, b = recipes.TinyTransformer(seed=2), recipes.TinyTransformer(seed=2)
+    a, b = models.TinyTransformer(seed=2), models.TinyTransformer(seed=2)
     tokens = torch.randint(0, 10, (4, 8))
     a.eval(), b.eval()
     assert a(tokens).shape == (4, 8, 10)
     torch.testing.assert_close(a(tokens), b(tokens))
-    assert len(recipes.TinyTransformer(n_layers=3).blocks) == 3
+    assert len(models.TinyTransformer(n_layers=3).blocks) == 3
 
 
 def test_tiny_vit_patches_are_the_image_squares_row_by_row():
-    model = recipes.TinyViT(image_size=8, patch=2, channels=3)
+    model = models.TinyViT(image_size=8, patch=2, channels=3)
     images = torch.randn(2, 3, 8, 8)
     patches = model.patches(images)
     assert patches.shape == (2, 16, 3 * 2 * 2) and model.n_patches == 16
@@ -115,13 +116,13 @@ def test_tiny_vit_patches_are_the_image_squares_row_by_row():
 
 
 def test_tiny_vit_shapes_seeding_and_parts():
-    x = recipes.digits(image=True).x_train[:5]
-    a, b = recipes.TinyViT(seed=3), recipes.TinyViT(seed=3)
+    x = data.load_digits(scale="unit", image=True).x_train[:5]
+    a, b = models.TinyViT(seed=3), models.TinyViT(seed=3)
     assert a(x).shape == (5, 10)
     torch.testing.assert_close(a(x), b(x))
-    assert not torch.allclose(a(x), recipes.TinyViT(seed=4)(x))
-    assert recipes.TinyViT(patch=4).n_patches == 4 and recipes.TinyViT(patch=8)(x).shape == (5, 10)
-    deep = recipes.TinyViT(n_layers=3, n_classes=3)
+    assert not torch.allclose(a(x), models.TinyViT(seed=4)(x))
+    assert models.TinyViT(patch=4).n_patches == 4 and models.TinyViT(patch=8)(x).shape == (5, 10)
+    deep = models.TinyViT(n_layers=3, n_classes=3)
     assert len(deep.blocks) == 3 and deep(x).shape == (5, 3)
     # every parameter belongs to the embedding, a block, the final norm or the head
     parts = [deep.embed, deep.pos, *deep.blocks, deep.norm, deep.head]
@@ -131,7 +132,7 @@ def test_tiny_vit_shapes_seeding_and_parts():
 
 def test_tiny_vit_sees_where_a_pixel_is():
     # the position embedding breaks the symmetry between patches: moving a pixel changes the output
-    model = recipes.TinyViT(seed=0)
+    model = models.TinyViT(seed=0)
     x = torch.zeros(1, 1, 8, 8)
     left, right = x.clone(), x.clone()
     left[0, 0, 0, 0], right[0, 0, 7, 7] = 1.0, 1.0
@@ -141,17 +142,17 @@ def test_tiny_vit_sees_where_a_pixel_is():
 @pytest.mark.parametrize("patch", [0, 3, 16])
 def test_tiny_vit_bad_patch(patch):
     with pytest.raises(ValueError, match="patch"):
-        recipes.TinyViT(image_size=8, patch=patch)
+        models.TinyViT(image_size=8, patch=patch)
 
 
 def test_sort_task_targets_are_sorted_inputs():
-    ds = recipes.sort_task(50, length=6, vocab=7, seed=0)
+    ds = data.sort_task(50, length=6, vocab=7, seed=0)
     x, y = ds.tensors
     assert x.shape == y.shape == (50, 6) and int(x.max()) < 7
     assert torch.equal(y, x.sort(dim=1).values)
-    assert torch.equal(recipes.sort_task(50, 6, 7, seed=0).tensors[0], x)
+    assert torch.equal(data.sort_task(50, 6, 7, seed=0).tensors[0], x)
     with pytest.raises(ValueError):
-        recipes.sort_task(0)
+        data.sort_task(0)
 
 
 class _Sorter(nn.Module):
@@ -167,14 +168,14 @@ class _Sorter(nn.Module):
 
 
 def test_sequence_loss_and_accuracy():
-    ds = recipes.sort_task(64, seed=1)
+    ds = data.sort_task(64, seed=1)
     perfect = _Sorter(10)
-    assert recipes.sequence_loss(perfect, ds.tensors).item() < 1e-6
-    assert recipes.sequence_accuracy(perfect, ds) == (1.0, 1.0)
-    model = recipes.TinyTransformer(seed=0)
-    loss = recipes.sequence_loss(model, ds.tensors)
+    assert tasks.sequence_loss(perfect, ds.tensors).item() < 1e-6
+    assert tasks.sequence_accuracy(perfect, ds) == (1.0, 1.0)
+    model = models.TinyTransformer(seed=0)
+    loss = tasks.sequence_loss(model, ds.tensors)
     assert math.isfinite(loss.item()) and loss.item() > 1.0  # untrained: near ln(10)
-    token_acc, seq_acc = recipes.sequence_accuracy(model, ds)
+    token_acc, seq_acc = tasks.sequence_accuracy(model, ds)
     assert 0.0 <= seq_acc <= token_acc <= 1.0
     assert model.training  # restored
 
@@ -186,7 +187,7 @@ def test_sequence_loss_and_accuracy():
 
 def test_ring_data_lies_on_the_modes():
     g = torch.Generator().manual_seed(0)
-    pts = recipes.ring_data(1000, modes=8, radius=2.0, std=0.05, generator=g)
+    pts = data.ring_data(1000, modes=8, radius=2.0, std=0.05, generator=g)
     radius = pts.norm(dim=1)
     assert (radius - 2.0).abs().max() < 0.3
     angles = torch.atan2(pts[:, 1], pts[:, 0]) % (2 * math.pi)
@@ -206,27 +207,27 @@ class _Constant(nn.Module):
 
 def test_gan_quality_on_known_generators():
     centres = torch.tensor([[2 * math.cos(a), 2 * math.sin(a)] for a in [2 * math.pi * k / 8 for k in range(8)]])
-    assert recipes.gan_quality(_Constant(centres)) == (8, 1.0)
-    modes, good = recipes.gan_quality(_Constant(centres[:3]))
+    assert tasks.gan_quality(_Constant(centres)) == (8, 1.0)
+    modes, good = tasks.gan_quality(_Constant(centres[:3]))
     assert (modes, good) == (3, 1.0)
-    assert recipes.gan_quality(_Constant(torch.zeros(1, 2))) == (0, 0.0)
+    assert tasks.gan_quality(_Constant(torch.zeros(1, 2))) == (0, 0.0)
 
 
 def test_ring_share_on_known_generators():
     angles = torch.linspace(0, 2 * math.pi, 50)
     on_ring = torch.stack([angles.cos(), angles.sin()], dim=1)
-    assert recipes.ring_share(_Constant(2.0 * on_ring)) == 1.0  # anywhere on the ring, modes or not
-    assert recipes.ring_share(_Constant(2.2 * on_ring)) == 1.0  # within the tolerance of 0.3
-    assert recipes.ring_share(_Constant(2.5 * on_ring)) == 0.0
-    assert recipes.ring_share(_Constant(torch.zeros(1, 2))) == 0.0
+    assert tasks.ring_share(_Constant(2.0 * on_ring)) == 1.0  # anywhere on the ring, modes or not
+    assert tasks.ring_share(_Constant(2.2 * on_ring)) == 1.0  # within the tolerance of 0.3
+    assert tasks.ring_share(_Constant(2.5 * on_ring)) == 0.0
+    assert tasks.ring_share(_Constant(torch.zeros(1, 2))) == 0.0
     half = torch.cat([2.0 * on_ring[:25], 0.5 * on_ring[:25]])
-    assert recipes.ring_share(_Constant(half), n=1000) == 0.5
+    assert tasks.ring_share(_Constant(half), n=1000) == 0.5
     with pytest.raises(ValueError, match="tolerance"):
-        recipes.ring_share(_Constant(on_ring), tolerance=0.0)
+        tasks.ring_share(_Constant(on_ring), tolerance=0.0)
 
 
 def test_train_gan_calls_on_step_after_every_step():
-    g, d = recipes.gan_pair(hidden=8, seed=0)
+    g, d = models.gan_pair(hidden=8, seed=0)
     og = torch.optim.Adam(g.parameters(), 1e-3)
     od = torch.optim.Adam(d.parameters(), 1e-3)
     start = g[0].weight.detach().clone()
@@ -236,7 +237,7 @@ def test_train_gan_calls_on_step_after_every_step():
         seen.append(t)
         weights.append(g[0].weight.detach().clone())
 
-    recipes.train_gan(g, d, og, od, steps=4, batch_size=8, on_step=on_step)
+    tasks.train_gan(g, d, og, od, steps=4, batch_size=8, on_step=on_step)
     assert seen == [1, 2, 3, 4]
     # called after the step: the first call already sees moved weights, the last one the final weights
     assert not torch.equal(weights[0], start)
@@ -246,17 +247,17 @@ def test_train_gan_calls_on_step_after_every_step():
 
 def test_train_gan_is_deterministic_and_logs_both_losses():
     def run():
-        g, d = recipes.gan_pair(hidden=16, seed=0)
+        g, d = models.gan_pair(hidden=16, seed=0)
         og = torch.optim.Adam(g.parameters(), 1e-3, betas=(0.5, 0.999))
         od = torch.optim.Adam(d.parameters(), 1e-3, betas=(0.5, 0.999))
-        return recipes.train_gan(g, d, og, od, steps=5, batch_size=32, seed=3), g
+        return tasks.train_gan(g, d, og, od, steps=5, batch_size=32, seed=3), g
 
     (h1, g1), (h2, g2) = run(), run()
     assert len(h1["d_loss"]) == len(h1["g_loss"]) == 5
     assert h1 == h2
     assert all(torch.equal(p, q) for p, q in zip(g1.parameters(), g2.parameters()))
     with pytest.raises(ValueError, match="steps"):
-        recipes.train_gan(g1, nn.Linear(2, 1), og := torch.optim.SGD(g1.parameters(), 0.1), og, steps=0)
+        tasks.train_gan(g1, nn.Linear(2, 1), og := torch.optim.SGD(g1.parameters(), 0.1), og, steps=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of course_lib.text: corpus, BPE tokenizer, shards, batches, optional online sources."""
+"""Tests of course_lib.data.shards: corpus, BPE tokenizer, shards, batches, optional online sources."""
 
 from __future__ import annotations
 
@@ -13,23 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.text import (
-    EOT,
-    BPETokenizer,
-    EvalBatches,
-    SourceUnavailableError,
-    TiktokenTokenizer,
-    TokenBatches,
-    _PRETOKENIZE,
-    fineweb_documents,
-    get_batch,
-    load_split,
-    load_tokenizer,
-    prepare_corpus,
-    python_source_documents,
-    split_documents,
-    write_shards,
-)
+from course_lib.data.corpus import SourceUnavailableError, fineweb_documents, python_source_documents, split_documents
+from course_lib.data.shards import EvalBatches, TokenBatches, get_batch, load_split, prepare_corpus, write_shards
+from course_lib.data.tokenizer import _PRETOKENIZE, EOT, BPETokenizer, TiktokenTokenizer, load_tokenizer
 
 TRICKY = [
     "def f(x_1, _y):\n    return x_1 + 1234567  # café\n\n\tß ≠ ∑ 🙂\r\n",

@@ -1,4 +1,4 @@
-"""course_lib.trainer: accumulation, clipping, precision, schedules, NaN stops, callbacks, exact resume."""
+"""course_lib.train.trainer: accumulation, clipping, precision, schedules, NaN stops, callbacks, exact resume."""
 
 import copy
 
@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 
 from course_lib.param_groups import MultiOptimizer
 from course_lib.schedules import WarmupCosineLR
-from course_lib.trainer import (
+from course_lib.data import SeededBatches
+from course_lib.train import (
     Callback,
-    SeededBatches,
     TrainConfig,
     Trainer,
     count_examples,

@@ -29,7 +29,7 @@ def test_pick_device(monkeypatch):
 
 
 def test_show_source_is_the_real_source():
-    from course_lib import landscapes
+    from course_lib.viz import landscapes
 
     code = utils.show_source(landscapes.trajectory)
     assert code.data.startswith("def trajectory(")

@@ -1,4 +1,4 @@
-"""course_lib.widgets: the headless sweep over a widget's controls, and every lesson using it."""
+"""course_lib.viz.widgets: the headless sweep over a widget's controls, and every lesson using it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 
-from course_lib import widgets
+from course_lib.viz import widgets
 
 matplotlib.use("agg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,5 +94,5 @@ def test_every_widget_goes_through_course_lib_interact_and_is_ignored_by_nbval(l
     assert "# NBVAL_IGNORE_OUTPUT" in cell, f"{lesson}: a widget cell needs '# NBVAL_IGNORE_OUTPUT'"
     assert "remove-output" in cell, f"{lesson}: the book shows the static figure, not the widget cell's output"
     assert re.search(r"from course_lib\.widgets import[^\n]*\binteract\b", cell), \
-        f"{lesson}: use course_lib.widgets.interact so that make test sweeps the callback"
+        f"{lesson}: use course_lib.viz.widgets.interact so that make test sweeps the callback"
     assert not re.search(r"\bwidgets\.interact(ive)?\(", cell), f"{lesson}: call interact, not ipywidgets' own"

@@ -1,12 +1,15 @@
-"""Models used by the lessons and the capstone."""
+"""The models of the lessons and the capstone; each is seeded, so a seed fixes its initial weights.
 
-from course_lib.models.qwen import (
-    PRESETS,
-    QwenConfig,
-    QwenLM,
-    count_parameters,
-    flops_per_token,
-    lm_loss,
-)
+- :mod:`.mlp`: :func:`mlp` (perceptrons of any depth) and :class:`SmallConvNet`;
+- :mod:`.transformer`: :class:`TinyTransformer` (sequences) and :class:`TinyViT` (images);
+- :mod:`.gan`: :func:`gan_pair`, a generator and a discriminator for points in the plane;
+- :mod:`.qwen`: :class:`QwenLM`, the capstone's language model.
+"""
 
-__all__ = ["PRESETS", "QwenConfig", "QwenLM", "count_parameters", "flops_per_token", "lm_loss"]
+from .gan import gan_pair
+from .mlp import SmallConvNet, mlp
+from .qwen import PRESETS, QwenConfig, QwenLM, count_parameters, flops_per_token, lm_loss
+from .transformer import TinyTransformer, TinyViT
+
+__all__ = ["PRESETS", "QwenConfig", "QwenLM", "SmallConvNet", "TinyTransformer", "TinyViT", "count_parameters",
+           "flops_per_token", "gan_pair", "lm_loss", "mlp"]

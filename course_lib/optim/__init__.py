@@ -6,7 +6,7 @@ tensor (``sgd_update``, ``adam_update``, ...) that the optimizer calls.
 
 First-order and adaptive methods (lessons 02-04): SGD, Adagrad, RMSprop, Adam, AdamW, NAdam, RAdam.
 Modern optimizers (lessons 05-08): LAMB, LARS, Adafactor, Adam8bit, AdamW8bit, Lion, SophiaG, Muon,
-ScheduleFreeAdamW, Lookahead. The capstone's LayerAdaptiveAdamW is in :mod:`.layer_adaptive`.
+ScheduleFreeAdamW, Lookahead. The capstone's LayerAdaptiveAdamW is in :mod:`course_lib.capstone.method`.
 """
 
 from . import (
@@ -17,7 +17,6 @@ from . import (
     adam8bit,
     lamb,
     lars,
-    layer_adaptive,
     lion,
     lookahead,
     muon,
@@ -35,7 +34,6 @@ from .adam import *  # noqa: F403
 from .adam8bit import *  # noqa: F403
 from .lamb import *  # noqa: F403
 from .lars import *  # noqa: F403
-from .layer_adaptive import *  # noqa: F403
 from .lion import *  # noqa: F403
 from .lookahead import *  # noqa: F403
 from .muon import *  # noqa: F403
@@ -47,5 +45,5 @@ from .sgd import *  # noqa: F403
 from .sophia import *  # noqa: F403
 
 __all__ = [name for module in (_base, sgd, adagrad, rmsprop, adam, nadam, radam, lamb, lars, adafactor, adam8bit,
-                               lion, sophia, muon, schedule_free, lookahead, layer_adaptive)
+                               lion, sophia, muon, schedule_free, lookahead)
            for name in module.__all__]

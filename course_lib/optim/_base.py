@@ -1,78 +1,54 @@
-"""The shared machinery of course_lib's optimizers: everything except the math.
+"""The bookkeeping every course_lib optimizer shares; each optimizer's own file holds only its math.
 
-Every optimizer in :mod:`course_lib.optim` is a :class:`torch.optim.Optimizer` subclass built on
-:class:`CourseOptimizer`. The base class does the bookkeeping that is the same for all of them:
+:class:`CourseOptimizer` is a :class:`torch.optim.Optimizer` subclass. For every optimizer it:
 
-* checks hyperparameters when a param group is added (:func:`check_range` raises ``ValueError``
-  naming the argument and its allowed range), including groups added later with
-  ``add_param_group`` and per-group overrides;
+* checks hyperparameters whenever a param group is added (``add_param_group`` and groups given
+  to the constructor, per-group overrides included). The hyperparameters many optimizers share
+  are checked here, by name: ``lr``, ``weight_decay`` and a numeric ``eps`` must be ``>= 0``,
+  ``momentum`` in ``[0, 1)``, ``betas`` a pair in ``[0, 1)``. :func:`check_range` raises
+  ``ValueError`` naming the argument and its allowed range; a subclass checks its own extras in
+  :meth:`~CourseOptimizer.validate`;
 * evaluates the closure (with gradients enabled) and returns its loss;
-* loops over param groups, skips parameters whose ``grad`` is ``None``, rejects sparse gradients
-  (``RuntimeError``);
-* negates the gradient when ``maximize=True`` (so the math only ever descends);
-* creates each parameter's state lazily on its first step, and counts that parameter's steps in
-  ``state["step"]`` (a Python ``int``; state values are tensors or plain numbers, so
-  ``torch.load(..., weights_only=True)`` reads a saved ``state_dict``);
-* picks the implementation of the update: the plain per-tensor loop, a tiled loop on the CPU, or
-  a multi-tensor ``torch._foreach_*`` kernel (see "Fast paths" below);
-* accepts torch's ``capturable``, ``differentiable`` and ``fused`` arguments at their defaults and
-  raises ``ValueError`` for the features behind them (CUDA-graph capture, differentiating through
-  the step, fused kernels), which course_lib does not implement;
-* loads a ``state_dict`` saved by the matching :mod:`torch.optim` optimizer (see
-  :meth:`CourseOptimizer.load_state_dict`).
+* skips parameters whose ``grad`` is ``None``, rejects sparse gradients, and negates the
+  gradient for ``maximize=True`` (so the math only ever descends);
+* creates each parameter's state on its first step (:meth:`~CourseOptimizer.init_state`) and
+  counts that parameter's steps in ``state["step"]`` (a Python ``int``; state values are tensors
+  or numbers, so ``torch.load(..., weights_only=True)`` reads a saved ``state_dict``);
+* applies **one rule for state that a hyperparameter switches on later**: a buffer listed in
+  :attr:`~CourseOptimizer.optional_state` (momentum's buffer, say) whose hyperparameter becomes
+  non-zero after a parameter's first step is created then, by ``init_state``, exactly as it would
+  have been on a first step (zeros), and the average builds up from there. A buffer that exists
+  stays in the state while its hyperparameter is off, and is used again when it comes back.
+
+Two mixins hold what is not bookkeeping either: :mod:`._fast` picks how the update runs (a loop,
+a tiled loop or multi-tensor kernels; opt-in per class), and :mod:`._compat` speaks torch's
+dialect (its ``capturable``/``differentiable``/``fused`` flags, loading torch's state dicts).
 
 How a subclass plugs in
 -----------------------
-A subclass writes its update rule as a module-level function on one tensor, in place::
+Write the update rule as a module-level function on one tensor, in place::
 
     def adam_update(param, grad, state, *, step, lr, beta1, ...) -> None
 
-and fills in these hooks:
+and fill in:
 
-``validate(group)``
-    Check the group's hyperparameters with :func:`check_range` (call ``super().validate``,
-    which checks ``lr``).
+``__init__``
+    torch's argument names, order and defaults; call ``super().__init__(params, defaults)``.
+``validate(group)`` (optional)
+    Check hyperparameters that are not shared (call ``super().validate(group)`` first).
 ``init_state(param, group) -> dict``
-    The initial state of one parameter (tensors or numbers); ``"step"`` is added by the base.
+    The initial state of one parameter; ``"step"`` is added by the base. Use :func:`zeros`.
 ``update(param, grad, state, group)``
     Read the hyperparameters from ``group`` and call the update function. ``grad`` is already
     negated for ``maximize``; ``state["step"]`` is already the number of this step (1, 2, ...).
-``update_foreach(params, grads, states, group)`` (optional)
-    The same update for lists of tensors that share one device and dtype, written with
-    ``torch._foreach_*`` ops.
-``tileable`` (class attribute)
-    ``True`` when the update is elementwise, so that running it on slices of a tensor gives
-    exactly the same result as running it on the whole tensor (Adam, SGD, RMSprop, ...).
-    Updates that need a whole tensor at once (a norm per tensor as in LAMB or LARS, factored
-    second moments as in Adafactor, orthogonalisation as in Muon) or change a number in the
-    state (NAdam's running product) set it to ``False``.
 
-Optimizers that need more than one tensor at a time override
-``step_group(group, params, grads, states, **kwargs)``, which receives every parameter of a group
-that has a gradient (with its gradient and its state) and may do whole-group passes, e.g. a global
-norm first and then the per-tensor updates. Keyword arguments given to ``step()`` (for example a
-batch size, as Sophia's step takes) are passed on to ``step_group``. Methods that are not steps
-(schedule-free's ``train()``/``eval()``, Sophia's Hessian refresh) are ordinary methods of the
-subclass.
+Optimizers that need more than one tensor at a time (a global norm, a per-group schedule)
+override ``step_group(group, params, grads, states, **kwargs)``, which receives every parameter of
+a group that has a gradient; keyword arguments of ``step()`` (Sophia's batch size) reach it.
 
-Fast paths
-----------
-``foreach=False`` runs ``update`` on one whole tensor after another. ``foreach=True`` runs
-``update_foreach`` on all tensors of a group at once where the optimizer has one (and otherwise
-does what ``None`` does). ``foreach=None``
-(the default) picks what measures faster on the device: on an accelerator the foreach kernels
-(one launch per operation instead of one per operation and tensor); on the CPU the tiled loop,
-which runs the same ``update`` on slices of ``tile_size`` elements so that the intermediate
-results of one slice stay in the cache instead of making a round trip to main memory. The tiled
-loop calls the very same update function, so its results are bitwise equal to the plain loop; it
-also never allocates a temporary as large as a whole tensor. ``benchmarks/bench_optim_step.py``
-measures the three paths against torch's. One caveat: on a machine with more busy processes than
-cores, every multi-threaded path slows down, and the tiled loop (more, smaller operations) the most;
-``torch.set_num_threads(1)`` helps all of them there.
-
-The layout (validation in the constructor, lazy state, the math in a functional kernel with a
-single-tensor and a multi-tensor version) follows ``torch/optim/adam.py``; splitting the bookkeeping
-from a small per-tensor update function follows fastai's ``Optimizer`` and its stepper functions.
+The layout (validation in the constructor, lazy state, the math in a functional kernel) follows
+``torch/optim/adam.py``; splitting the bookkeeping from a small per-tensor update function follows
+fastai's ``Optimizer`` and its stepper functions.
 """
 
 from __future__ import annotations
@@ -81,12 +57,15 @@ import math
 import numbers
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["CourseOptimizer", "Params", "State", "check_range", "check_betas"]
+from ._compat import TorchCompat
+from ._fast import FastPaths
+
+__all__ = ["CourseOptimizer", "Params", "State", "check_range", "check_betas", "zeros"]
 
 State = dict[str, Any]
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -130,13 +109,17 @@ def check_betas(betas: tuple[float, float]) -> None:
     check_range("betas[1]", betas[1], 0.0, 1.0)
 
 
-class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
+def zeros(param: Tensor) -> Tensor:
+    """A state buffer for ``param``: zeros of its shape, dtype, device and memory layout."""
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+class CourseOptimizer(TorchCompat, FastPaths, torch.optim.Optimizer, metaclass=ABCMeta):
     """Base class of course_lib's optimizers; see the module docstring for how to subclass it."""
 
-    #: The update is elementwise: running it on slices equals running it on the whole tensor.
-    tileable: bool = False
-    #: Number of elements per slice in the tiled CPU loop (2 MiB of float32 per tensor).
-    tile_size: int = 2**19
+    #: State buffers that a hyperparameter switches on: ``{"momentum_buffer": "momentum"}`` means
+    #: the buffer exists while ``group["momentum"]`` is non-zero (see the module docstring).
+    optional_state: ClassVar[dict[str, str]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as torch does (filling in the defaults), then check its hyperparameters."""
@@ -144,23 +127,16 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
         self.validate(self.param_groups[-1])
 
     def validate(self, group: dict[str, Any]) -> None:
-        """Check one group's hyperparameters; subclasses extend this."""
+        """Check one group's shared hyperparameters; subclasses check their own after calling this."""
         check_range("lr", group["lr"])
-        self._check_torch_only_features(group)
-
-    def _check_torch_only_features(self, group: dict[str, Any]) -> None:
-        """Reject the non-default values of torch's ``capturable``, ``differentiable`` and ``fused``."""
-        name = type(self).__name__
-        torch_twin = f"torch.optim.{name}" if hasattr(torch.optim, name) else "a torch.optim optimizer"
-        if group.get("capturable", False):
-            raise ValueError(f"capturable must be False: {name} does not support CUDA-graph capture; "
-                             f"use {torch_twin}(capturable=True)")
-        if group.get("differentiable", False):
-            raise ValueError(f"differentiable must be False: {name} steps under torch.no_grad(); "
-                             f"use {torch_twin}(differentiable=True) to differentiate through a step")
-        if group.get("fused", None):
-            raise ValueError(f"fused must be None or False: {name} has no fused kernel; use foreach=True "
-                             f"(one multi-tensor kernel per operation) or {torch_twin}(fused=True)")
+        for name in ("weight_decay", "eps"):
+            if isinstance(group.get(name), (numbers.Real, Tensor)):
+                check_range(name, group[name])
+        if "momentum" in group:
+            check_range("momentum", group["momentum"], 0.0, 1.0)
+        if "betas" in group:
+            check_betas(group["betas"])
+        self.check_torch_flags(group)
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         """The initial state of ``param``; optimizers without state keep this default."""
@@ -169,51 +145,6 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     @abstractmethod
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         """Apply this optimizer's update to one tensor ``param`` in place."""
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state as :meth:`torch.optim.Optimizer.load_state_dict` does, and also accept torch's.
-
-        On top of torch's loading (which matches parameters by position and moves floating-point
-        state to each parameter's device and dtype):
-
-        * state that was saved as integer codes (8-bit moments) keeps its integer dtype;
-        * ``step`` becomes a Python ``int``: torch keeps it as a tensor; a state without ``step``
-          (torch's SGD does not count steps) gets :meth:`missing_step`;
-        * :meth:`adopt_state` converts what else a subclass stores differently from torch;
-        * a group that lacks one of this optimizer's hyperparameters (a state saved by an older
-          torch, say) takes its default.
-
-        So a run started with ``torch.optim.Adam`` continues with ``course_lib.optim.Adam`` on the
-        same trajectory.
-        """
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-        for saved_id, param in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id)
-            if not saved or param not in self.state:
-                continue
-            state = self.state[param]
-            for key, value in saved.items():
-                if key != "step" and isinstance(value, Tensor) and not value.is_floating_point():
-                    state[key] = state[key].to(value.dtype)
-            step = state.get("step")
-            state["step"] = self.missing_step(state) if step is None else int(step)
-            self.adopt_state(state)
-
-    def missing_step(self, state: State) -> int:
-        """The step count to assume for a loaded state that has none.
-
-        0 by default: the count restarts, which is right for an update that does not read it. An
-        optimizer whose first step is special (SGD starts its momentum buffer there) overrides this.
-        """
-        return 0
-
-    def adopt_state(self, state: State) -> None:
-        """Convert one loaded state from torch's form to this optimizer's, in place (default: nothing)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, **kwargs: Any) -> Tensor | None:
@@ -236,6 +167,7 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
 
     def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[State]]:
         """The group's parameters that have a gradient, their (sign-adjusted) gradients and states."""
+        switched_on = [key for key, hyper in self.optional_state.items() if group[hyper]]
         params, grads, states = [], [], []
         for param in group["params"]:
             if param.grad is None:
@@ -249,62 +181,11 @@ class CourseOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
             if not state:
                 state["step"] = 0
                 state.update(self.init_state(param, group))
+            elif any(key not in state for key in switched_on):  # the rule for buffers switched on later
+                fresh = self.init_state(param, group)
+                state.update({key: fresh[key] for key in switched_on if key not in state})
             state["step"] += 1
             params.append(param)
             grads.append(-param.grad if group.get("maximize", False) else param.grad)
             states.append(state)
         return params, grads, states
-
-    def step_group(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
-    ) -> None:
-        """Update every parameter of one group with the implementation :meth:`implementation` picks."""
-        path = self.implementation(group, params[0].device)
-        if path == "foreach":
-            for p, g, s in _by_device_and_dtype(params, grads, states):
-                self.update_foreach(p, g, s, group)  # type: ignore[attr-defined]
-        elif path == "tiled":
-            for param, grad, state in zip(params, grads, states):
-                self._update_tiled(param, grad, state, group)
-        else:
-            for param, grad, state in zip(params, grads, states):
-                self.update(param, grad, state, group)
-
-    def implementation(self, group: dict[str, Any], device: torch.device) -> str:
-        """Which loop runs the update: ``"loop"``, ``"tiled"`` or ``"foreach"`` (see the module doc)."""
-        foreach = group.get("foreach")
-        if foreach is False:
-            return "loop"
-        if hasattr(self, "update_foreach") and (foreach or device.type != "cpu"):
-            return "foreach"
-        if self.tileable and device.type == "cpu":
-            return "tiled"
-        return "loop"
-
-    def _update_tiled(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
-        """Run ``update`` on consecutive slices of ``tile_size`` elements of one tensor."""
-        tensors = [param, grad] + [v for v in state.values() if isinstance(v, Tensor)]
-        n = param.numel()
-        same_layout = all(t.is_contiguous() and t.numel() == n for t in tensors)
-        if n <= self.tile_size or not same_layout:
-            self.update(param, grad, state, group)
-            return
-        flat_param, flat_grad = param.view(-1), grad.view(-1)
-        flat_state = {k: v.view(-1) for k, v in state.items() if isinstance(v, Tensor)}
-        for start in range(0, n, self.tile_size):
-            tile = slice(start, start + self.tile_size)
-            tile_state = {**state, **{k: v[tile] for k, v in flat_state.items()}}
-            self.update(flat_param[tile], flat_grad[tile], tile_state, group)
-
-
-def _by_device_and_dtype(
-    params: list[Tensor], grads: list[Tensor], states: list[State]
-) -> Iterable[tuple[list[Tensor], list[Tensor], list[State]]]:
-    """Split the lists into runs that share a device and dtype, as foreach kernels require."""
-    buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list, list]] = {}
-    for param, grad, state in zip(params, grads, states):
-        p, g, s = buckets.setdefault((param.device, param.dtype), ([], [], []))
-        p.append(param)
-        g.append(grad)
-        s.append(state)
-    return buckets.values()

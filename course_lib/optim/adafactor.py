@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 
 __all__ = ["Adafactor", "adafactor_update"]
 
@@ -178,7 +178,6 @@ class Adafactor(CourseOptimizer):
             check_range("eps[0]", eps[0])
         check_range("eps[1]", eps[1])
         check_range("d", group["d"], 1.0)
-        check_range("weight_decay", group["weight_decay"])
         if group["variant"] not in ("torch", "paper"):
             raise ValueError(f"variant must be 'torch' or 'paper', got {group['variant']!r}")
         if group["beta1"] is not None:
@@ -191,9 +190,9 @@ class Adafactor(CourseOptimizer):
             state = {"row_var": param.new_zeros(*param.shape[:-1], 1),
                      "col_var": param.new_zeros(*param.shape[:-2], 1, param.shape[-1])}
         else:
-            state = {"variance": torch.zeros_like(param, memory_format=torch.preserve_format)}
+            state = {"variance": zeros(param)}
         if group["beta1"] is not None:
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg"] = zeros(param)
         return state
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:

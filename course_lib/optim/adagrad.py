@@ -94,9 +94,7 @@ class Adagrad(CourseOptimizer):
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
         check_range("lr_decay", group["lr_decay"])
-        check_range("weight_decay", group["weight_decay"])
         check_range("initial_accumulator_value", group["initial_accumulator_value"])
-        check_range("eps", group["eps"])
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         value = group["initial_accumulator_value"]

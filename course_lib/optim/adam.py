@@ -12,9 +12,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, Params, State, check_betas, check_range
+from ._base import CourseOptimizer, Params, State, zeros
 
-__all__ = ["Adam", "AdamW", "adam_update", "adam_update_foreach"]
+__all__ = ["Adam", "AdamW", "adam_update", "adam_update_foreach", "apply_weight_decay"]
+
+
+def apply_weight_decay(param: Tensor, grad: Tensor, *, lr: float, weight_decay: float, decoupled: bool) -> Tensor:
+    r"""Weight decay before an adaptive step: return the gradient that the moments should see.
+
+    L2 regularization (``decoupled=False``) adds :math:`\lambda\theta` to the gradient, so the
+    penalty is averaged and rescaled like any gradient; decoupled decay (AdamW) shrinks the
+    weights in place by :math:`1 - \eta\lambda` and leaves the gradient alone (Loshchilov &
+    Hutter, 2019). Adam, NAdam and RAdam offer both.
+    """
+    if weight_decay == 0:
+        return grad
+    if decoupled:
+        param.mul_(1 - lr * weight_decay)
+        return grad
+    return grad.add(param, alpha=weight_decay)
 
 
 def adam_update(
@@ -53,11 +69,7 @@ def adam_update(
     second moment (Reddi et al., 2018), is kept in ``state["max_exp_avg_sq"]``; as in torch, the
     bias correction divides the maximum, not each :math:`v_t` before it is compared.
     """
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
+    grad = apply_weight_decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -130,6 +142,7 @@ class Adam(CourseOptimizer):
     """
 
     tileable = True
+    optional_state = {"max_exp_avg_sq": "amsgrad"}
 
     def __init__(
         self,
@@ -153,19 +166,13 @@ class Adam(CourseOptimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
-    def validate(self, group: dict[str, Any]) -> None:
-        super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
-
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         state = {
-            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg": zeros(param),
+            "exp_avg_sq": zeros(param),
         }
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = zeros(param)
         return state
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:

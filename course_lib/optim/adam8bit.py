@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, check_range
 from .adam import adam_update
 from .quantization import dequantize_blockwise, quantize_blockwise, signed_map, unsigned_map
 
@@ -106,9 +106,6 @@ class Adam8bit(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
         check_range("min_8bit_size", group["min_8bit_size"])
         check_range("blocksize", group["blocksize"], 1)
         for name in ("min_8bit_size", "blocksize"):

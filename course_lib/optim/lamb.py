@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 
 __all__ = ["LAMB", "lamb_update"]
 
@@ -115,16 +115,13 @@ class LAMB(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
         if group["clamp_value"] is not None:
             check_range("clamp_value", group["clamp_value"])
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         return {
-            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg": zeros(param),
+            "exp_avg_sq": zeros(param),
         }
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 from .sgd import sgd_update
 
 __all__ = ["LARS", "lars_update"]
@@ -89,7 +89,12 @@ class LARS(CourseOptimizer):
         nesterov: Nesterov momentum (needs ``momentum > 0``).
         adapt: use the local rate (a per-group flag; ``False`` makes the group plain SGD).
         maximize: ascend the objective instead of descending it.
+
+    Momentum switched on after a parameter's first step follows the base class's rule: the
+    buffer starts at zero then, so its first value is that step's direction, as on a first step.
     """
+
+    optional_state = {"momentum_buffer": "momentum"}
 
     def __init__(
         self,
@@ -110,23 +115,14 @@ class LARS(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-        check_range("weight_decay", group["weight_decay"])
         check_range("trust_coefficient", group["trust_coefficient"])
         if group["nesterov"] and group["momentum"] <= 0:
             raise ValueError(f"nesterov=True requires momentum in (0, 1), got {group['momentum']!r}")
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        if group["momentum"] == 0:
-            return {}
-        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": zeros(param)} if group["momentum"] != 0 else {}
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
-            raise RuntimeError(
-                "LARS: momentum became non-zero after a parameter's first step; create the "
-                "optimizer with momentum > 0 from the start (schedulers may change its value later)"
-            )
         lars_update(param, grad, state, step=state["step"], lr=float(group["lr"]),
                     momentum=group["momentum"], weight_decay=group["weight_decay"],
                     trust_coefficient=group["trust_coefficient"], nesterov=group["nesterov"],

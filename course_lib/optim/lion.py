@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, zeros
 
 __all__ = ["Lion", "lion_update", "lion_update_foreach"]
 
@@ -101,13 +101,8 @@ class Lion(CourseOptimizer):
                         foreach=foreach)
         super().__init__(params, defaults)
 
-    def validate(self, group: dict[str, Any]) -> None:
-        super().validate(group)
-        check_betas(group["betas"])
-        check_range("weight_decay", group["weight_decay"])
-
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"exp_avg": zeros(param)}
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]

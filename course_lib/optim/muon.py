@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 from .adam import adam_update
 
 __all__ = [
@@ -170,9 +170,6 @@ class Muon(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_range("weight_decay", group["weight_decay"])
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-        check_range("eps", group["eps"])
         coefficients = group["ns_coefficients"]
         if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
             raise ValueError(f"ns_coefficients must be three numbers (a, b, c), got {coefficients!r}")
@@ -191,7 +188,7 @@ class Muon(CourseOptimizer):
                                  f"{tuple(param.shape)}; give the others to AdamW (see MuonWithAdamW)")
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": zeros(param)}
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         muon_update(param, grad, state, lr=float(group["lr"]), weight_decay=group["weight_decay"],
@@ -252,17 +249,13 @@ class MuonWithAdamW(Muon):
     def validate(self, group: dict[str, Any]) -> None:
         if group["use_muon"]:
             super().validate(group)
-            return
-        check_range("lr", group["lr"])
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
+        else:  # an AdamW group: the shared checks only (lr, betas, eps, weight_decay)
+            CourseOptimizer.validate(self, group)
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         if group["use_muon"]:
             return super().init_state(param, group)
-        return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"exp_avg": zeros(param), "exp_avg_sq": zeros(param)}
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         if group["use_muon"]:

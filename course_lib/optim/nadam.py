@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, Params, State, check_betas, check_range
+from ._base import CourseOptimizer, Params, State, check_range, zeros
+from .adam import apply_weight_decay
 
 __all__ = ["NAdam", "nadam_update"]
 
@@ -49,11 +49,7 @@ def nadam_update(
 
     The second term looks one step ahead with :math:`\mu_{t+1}`: Nesterov's momentum.
     """
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
+    grad = apply_weight_decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     state["mu_product"] *= mu
@@ -110,9 +106,6 @@ class NAdam(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
         check_range("momentum_decay", group["momentum_decay"])
 
     def adopt_state(self, state: State) -> None:
@@ -122,8 +115,8 @@ class NAdam(CourseOptimizer):
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         return {
             "mu_product": 1.0,
-            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg": zeros(param),
+            "exp_avg_sq": zeros(param),
         }
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:

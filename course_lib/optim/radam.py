@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, Params, State, check_betas, check_range
+from ._base import CourseOptimizer, Params, State, zeros
+from .adam import apply_weight_decay
 
 __all__ = ["RAdam", "radam_update"]
 
@@ -50,11 +50,7 @@ def radam_update(
     plain momentum steps, as a built-in warm-up. The threshold 5 is PyTorch's and the authors'
     code's (the paper's algorithm says 4).
     """
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
+    grad = apply_weight_decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -107,16 +103,10 @@ class RAdam(CourseOptimizer):
                         maximize=maximize, capturable=capturable, differentiable=differentiable)
         super().__init__(params, defaults)
 
-    def validate(self, group: dict[str, Any]) -> None:
-        super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
-
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
         return {
-            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg": zeros(param),
+            "exp_avg_sq": zeros(param),
         }
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:

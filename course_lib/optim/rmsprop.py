@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, Params, State, check_range
+from ._base import CourseOptimizer, Params, State, check_range, zeros
 
 __all__ = ["RMSprop", "rmsprop_update"]
 
@@ -91,11 +90,12 @@ class RMSprop(CourseOptimizer):
     step is :math:`g / \epsilon`) and ``momentum >= 1`` raise ``ValueError`` here.
 
     Momentum or ``centered`` switched on after a parameter's first step (torch raises
-    ``KeyError`` then): the momentum buffer, or the average of gradients, starts at zero at that
-    step, as it does at a first step.
+    ``KeyError`` then) follows the base class's rule: the momentum buffer, or the average of
+    gradients, starts at zero at that step, as it does at a first step.
     """
 
     tileable = True
+    optional_state = {"momentum_buffer": "momentum", "grad_avg": "centered"}
 
     def __init__(
         self,
@@ -119,26 +119,14 @@ class RMSprop(CourseOptimizer):
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
         check_range("alpha", group["alpha"], 0.0, 1.0)
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
-        check_range("momentum", group["momentum"], 0.0, 1.0)
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        state = {"square_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        state = {"square_avg": zeros(param)}
         if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = zeros(param)
         if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["grad_avg"] = zeros(param)
         return state
-
-    def step_group(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
-    ) -> None:
-        for param, state in zip(params, states):  # momentum or centered switched on after the start
-            for name, needed in (("momentum_buffer", group["momentum"] > 0), ("grad_avg", group["centered"])):
-                if needed and name not in state:
-                    state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        super().step_group(group, params, grads, states)
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         rmsprop_update(param, grad, state, step=state["step"], lr=float(group["lr"]),

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 
 __all__ = ["ScheduleFreeAdamW", "schedule_free_adamw_update", "gradient_point"]
 
@@ -132,9 +132,6 @@ class ScheduleFreeAdamW(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_betas(group["betas"])
-        check_range("eps", group["eps"])
-        check_range("weight_decay", group["weight_decay"])
         steps = group["warmup_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"warmup_steps must be an integer in [0, inf), got {steps!r}")
@@ -145,7 +142,7 @@ class ScheduleFreeAdamW(CourseOptimizer):
         return {
             "z": param.detach().clone(memory_format=torch.preserve_format),
             "x": param.detach().clone(memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg_sq": zeros(param),
         }
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import CourseOptimizer, Params, State, check_range
+from ._base import CourseOptimizer, Params, State, check_range, zeros
 
 __all__ = ["SGD", "sgd_update", "sgd_update_foreach"]
 
@@ -106,17 +106,13 @@ class SGD(CourseOptimizer):
     (a buffer that never forgets, or grows) and ``dampening`` outside :math:`[0, 1]` (a
     negative or sign-flipping weight on the gradient) raise ``ValueError`` here.
 
-    Momentum switched on after a parameter's first step (``momentum`` 0 at the start, then
-    non-zero) behaves as in torch: that parameter's buffer starts at the gradient of the first
-    step taken with momentum, as if that step were its first. A buffer that exists stays in the
-    state while momentum is 0 (and is neither used nor updated), and is used again if momentum
-    returns, as in torch.
-
-    Loading a state saved by :class:`torch.optim.SGD` (which keeps no step count) counts a
-    parameter that has a momentum buffer as past its first step.
+    Momentum switched on after a parameter's first step follows the base class's rule: the
+    buffer starts at zero then, so its first value is :math:`(1 - \tau) g_t` (torch starts it at
+    :math:`g_t`; the two agree without dampening).
     """
 
     tileable = True
+    optional_state = {"momentum_buffer": "momentum"}
 
     def __init__(
         self,
@@ -139,9 +135,7 @@ class SGD(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0)
         check_range("dampening", group["dampening"], 0.0, 1.0, high_inclusive=True)
-        check_range("weight_decay", group["weight_decay"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "nesterov=True requires momentum in (0, 1) and dampening == 0, got "
@@ -149,34 +143,11 @@ class SGD(CourseOptimizer):
             )
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        if group["momentum"] == 0:
-            return {}
-        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
-
-    def missing_step(self, state: State) -> int:
-        return 1 if "momentum_buffer" in state else 0
+        return {"momentum_buffer": zeros(param)} if group["momentum"] != 0 else {}
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
                     weight_decay=group["weight_decay"], nesterov=group["nesterov"])
-
-    def step_group(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
-    ) -> None:
-        if group["momentum"] != 0 and any("momentum_buffer" not in s for s in states):
-            # momentum switched on after these parameters' first step: start their buffers now,
-            # at this step's gradient, as a first step does (and as torch does)
-            rest = []
-            for param, grad, state in zip(params, grads, states):
-                if "momentum_buffer" in state:
-                    rest.append((param, grad, state))
-                else:
-                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    sgd_update(param, grad, state, step=1, **self._hyperparameters(group))
-            if not rest:
-                return
-            params, grads, states = (list(column) for column in zip(*rest))
-        super().step_group(group, params, grads, states)
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         sgd_update(param, grad, state, step=state["step"], **self._hyperparameters(group))

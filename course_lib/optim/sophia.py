@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import CourseOptimizer, State, check_betas, check_range
+from ._base import CourseOptimizer, State, check_range, zeros
 
 __all__ = ["SophiaG", "sophiag_update", "sampled_label_loss", "gauss_newton_bartlett", "hutchinson"]
 
@@ -112,14 +112,12 @@ class SophiaG(CourseOptimizer):
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
-        check_betas(group["betas"])
         check_range("rho", group["rho"])
-        check_range("weight_decay", group["weight_decay"])
         check_range("eps", group["eps"], torch.finfo(torch.float64).tiny)
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> State:
-        return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "hessian": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"exp_avg": zeros(param),
+                "hessian": zeros(param)}
 
     def step(self, closure: Callable[[], Tensor] | None = None, bs: float = 5120) -> Tensor | None:
         """Take one step; ``bs`` multiplies the Hessian estimate (see :func:`sophiag_update`)."""

@@ -2,7 +2,7 @@
 
 A few lines train a model::
 
-    data = SeededBatches(TensorDataset(X, y), batch_size=64, seed=0)
+    data = SeededBatches(TensorDataset(X, y), batch_size=64, seed=0)   # course_lib.data
     trainer = Trainer(model, optimizer, supervised_loss(F.cross_entropy), data,
                       TrainConfig(epochs=5, clip_norm=1.0))
     history = trainer.fit()            # dict of lists: step, loss, lr, grad_norm, ...
@@ -22,9 +22,9 @@ What one optimizer step does (:meth:`Trainer.train_step`):
    whose gradients are not finite and lowers its scale; ``max_skipped_steps`` skips in a row
    stop the run.
 
-Data order is resumable: ``train_data`` has ``batches(epoch, start)`` that yields batch
-``start``, ``start + 1``, ... of that epoch in an order fixed by the epoch number alone (see
-:class:`SeededBatches`). A checkpoint stores the epoch and the number of micro-batches
+Data order is resumable: ``train_data`` follows the :class:`~course_lib.data.batching.Batches`
+protocol, ``batches(epoch, start)`` yields batch ``start``, ``start + 1``, ... of that epoch in an
+order fixed by the epoch number alone (see :class:`~course_lib.data.batching.SeededBatches`). A checkpoint stores the epoch and the number of micro-batches
 consumed, so a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 
@@ -42,21 +42,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset, default_collate
 from tqdm.auto import tqdm
 
-__all__ = [
-    "Callback",
-    "SeededBatches",
-    "TrainConfig",
-    "Trainer",
-    "count_examples",
-    "epoch_batches",
-    "evaluate",
-    "grad_norm",
-    "move_to",
-    "supervised_loss",
-]
+from ..data.batching import epoch_batches
+from .callbacks import Callback
+
+__all__ = ["TrainConfig", "Trainer", "count_examples", "evaluate", "grad_norm", "move_to", "supervised_loss"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -89,68 +80,6 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(move_to(value, device) for value in batch)
     return batch
-
-
-class SeededBatches:
-    """Batches of a map-style dataset in an order fixed by ``(seed, epoch)``: resumable data.
-
-    ``batches(epoch, start)`` yields batches ``start, start + 1, ...`` of epoch ``epoch``. The
-    permutation of epoch ``e`` comes from a generator seeded with ``seed + e`` (as torch's
-    ``DistributedSampler`` does), never from the global RNG, so skipping the consumed
-    batches costs nothing and changes nothing.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        collate_fn: Callable[[list[Any]], Any] = default_collate,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(dataset) < 1:
-            raise ValueError("dataset must hold at least one example")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.collate_fn = collate_fn
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The example indices of epoch ``epoch``, in the order they are served."""
-        n = len(self.dataset)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        order = self.order(epoch)
-        for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if isinstance(self.dataset, TensorDataset):
-                yield tuple(t[idx] for t in self.dataset.tensors)
-            else:
-                yield self.collate_fn([self.dataset[i] for i in idx.tolist()])
-
-
-def epoch_batches(data: Any, epoch: int, start: int = 0) -> Iterator[Any]:
-    """Batches of ``data`` for one epoch from batch ``start`` on.
-
-    ``data`` either has ``batches(epoch, start)`` (resumable, e.g. :class:`SeededBatches`) or
-    is any re-iterable (a list, a ``DataLoader``): then the first ``start`` batches are read
-    and dropped, which resumes exactly only if every pass yields the same order.
-    """
-    if hasattr(data, "batches"):
-        return iter(data.batches(epoch, start))
-    return itertools.islice(iter(data), start, None)
 
 
 def _groups_of(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -269,21 +198,6 @@ class TrainConfig:
             raise ValueError("checkpoint_every needs checkpoint_path")
 
 
-class Callback:
-    """Hooks called by :class:`Trainer`; override the ones you need. A plain callable is called as ``on_step_end``.
-
-    Set ``trainer.should_stop = True`` in a hook to end training after the current step.
-    """
-
-    def on_step_end(self, trainer: Trainer) -> None: ...
-
-    def on_eval(self, trainer: Trainer, val_loss: float) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer) -> None: ...
-
-    def on_train_end(self, trainer: Trainer) -> None: ...
-
-
 class Trainer:
     """The loop: accumulation, clipping, mixed precision, schedules, evaluation, callbacks, checkpoints.
 
@@ -341,6 +255,8 @@ class Trainer:
         self.skipped_in_a_row = 0  # fp16: consecutive steps the GradScaler skipped
         self.history: dict[str, list[float]] = {key: [] for key in self._history_keys()}
         self.should_stop = False
+        self.step_kwargs: dict[str, Any] = {}  # passed to optimizer.step(); callbacks may set them
+        self.last_batch: Any = None  # the last micro-batch of the latest step, on the model's device
 
     def _history_keys(self) -> list[str]:
         keys = ["step", "epoch", "loss", "lr", "grad_norm", "examples", "time", "examples_per_s"]
@@ -364,6 +280,7 @@ class Trainer:
         if total is None and hasattr(self.train_data, "__len__"):
             total = cfg.epochs * math.ceil(len(self.train_data) / cfg.accumulation)
         self._start = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
+        self._dispatch("on_train_begin")
         with tqdm(total=total, initial=self.step, disable=not cfg.progress, unit="step") as bar:
             while not self._finished():
                 fresh_epoch = self.batch_in_epoch == 0
@@ -393,8 +310,9 @@ class Trainer:
         total = sum(counts)
         losses = []
         for batch, n in zip(micro_batches, counts):
+            self.last_batch = batch = move_to(batch, self.device)
             with _autocast(self.device, self.config.precision):
-                loss = self.loss_fn(self.model, move_to(batch, self.device)) * (n / total)
+                loss = self.loss_fn(self.model, batch) * (n / total)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach().float())
         loss_value = torch.stack(losses).sum().item()
@@ -403,11 +321,11 @@ class Trainer:
         norm = self._clip_gradients()
         if self.scaler:
             scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)  # skipped if a gradient is NaN or Inf
+            self.scaler.step(self.optimizer, **self.step_kwargs)  # skipped if a gradient is NaN or Inf
             self.scaler.update()  # then the scale is lowered
             self.count_skipped(self.scaler.get_scale() < scale)
         else:
-            self.optimizer.step()
+            self.optimizer.step(**self.step_kwargs)
         self.step += 1
         self.batch_in_epoch += len(micro_batches)
         self.examples += total
@@ -505,6 +423,7 @@ class Trainer:
     def _evaluate(self) -> None:
         if self.val_data is None:
             return
+        self._dispatch("on_eval_begin")
         val_loss = evaluate(self.model, self.val_data, self.loss_fn, self.count_fn, self.config.precision)
         self.history["eval_step"].append(self.step)
         self.history["val_loss"].append(val_loss)

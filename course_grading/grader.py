@@ -11,10 +11,10 @@ How a submission is graded:
    after the cell that preceded it in the exercise (or at the end), so a check is never lost.
 3. **Checks the notebook cannot reach.** In the notebook that runs, each check cell loads the checks
    afresh from the grader's files under a private module name, instead of importing
-   ``course_lib.grading.checks``: whatever the student's cells assigned to that module, to
-   ``sys.modules`` or to ``course_lib.grading`` has no effect on the check. The checks compare with
+   ``course_lib.checks``: whatever the student's cells assigned to that module, to
+   ``sys.modules`` or to ``course_grading`` has no effect on the check. The checks compare with
    private references to PyTorch's functions and refuse to pass while one they rely on was replaced
-   (see :mod:`course_lib.grading.checks._core`). Cells that assign to attributes of ``torch``,
+   (see :mod:`course_lib.checks._core`). Cells that assign to attributes of ``torch``,
    ``course_lib``, ``math``, ``builtins``, ``importlib`` or ``sys.modules`` are named in the report.
 4. **nbval.** All prepared notebooks run under ``pytest --nbval-lax``, each in a fresh kernel with a
    per-cell timeout; the kernel imports torch and the checks before the first cell, so that a slow
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib.util
 import csv
 import json
 import os
@@ -52,8 +53,9 @@ from .exercises import CHECK_TAG_PREFIX, CheckSpec, Exercise, check_tag, load_ex
 __all__ = ["Submission", "CheckResult", "GradedSubmission", "find_submissions", "prepare", "grade"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_CHECKS_IMPORT = "from course_lib.grading import checks"
-_CHECKS_PACKAGE = Path(__file__).resolve().parent / "checks"
+_CHECKS_IMPORT = "from course_lib import checks"
+# the checks that exercise notebooks call, in the students' library (found without importing torch)
+_CHECKS_PACKAGE = Path(importlib.util.find_spec("course_lib.checks").submodule_search_locations[0])
 # Rounds of "run again without the cell that killed the kernel" per notebook.
 MAX_RERUNS = 3
 
@@ -272,7 +274,7 @@ def _fresh_checks_source(module_name: str) -> str:
 
 def isolate_checks(nb: nbformat.NotebookNode, checks_at: dict[int, CheckSpec]) -> nbformat.NotebookNode:
     """A copy of a prepared notebook whose check cells load the checks afresh (each under its own
-    private module name) instead of importing ``course_lib.grading.checks``, which the student's cells
+    private module name) instead of importing ``course_lib.checks``, which the student's cells
     could have replaced."""
     nb = copy.deepcopy(nb)
     token = secrets.token_hex(6)
@@ -388,7 +390,7 @@ _STARTUP = """\
 def _grading_warm_up():
     try:
         import torch
-        import course_lib.grading.checks
+        import course_lib.checks
 
         param = torch.zeros(1, requires_grad=True)
         param.grad = torch.zeros(1)
@@ -436,7 +438,7 @@ def _run_batches(
     for number, batch in enumerate(batches):
         log = workdir / f"results-{label}{number}.jsonl"
         log.write_text("", encoding="utf-8")
-        plugins = ["-p", "nbval.plugin", "-p", "course_lib.grading.pytest_plugin", "-p", "no:cacheprovider"]
+        plugins = ["-p", "nbval.plugin", "-p", "course_grading.pytest_plugin", "-p", "no:cacheprovider"]
         nbval = ["--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
                  f"--nbval-kernel-startup-timeout={KERNEL_STARTUP_TIMEOUT}"]
         isolated = ["-c", str(workdir / "pytest.ini"), f"--rootdir={workdir}"]  # not the repository's config

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_lib.trainer import epoch_batches, move_to
+from ..data.batching import epoch_batches
+from .trainer import move_to
 
 __all__ = ["RangeTestResult", "lr_range_test", "smooth", "suggest_lr"]
 
@@ -126,7 +127,7 @@ def lr_range_test(
     together); the recorded LR is group 0's. The test stops early when a loss is not finite
     or the smoothed loss exceeds ``diverge_factor`` times its minimum so far.
 
-    ``data`` is anything :func:`course_lib.trainer.epoch_batches` reads (cycled if short);
+    ``data`` is anything :func:`course_lib.train.trainer.epoch_batches` reads (cycled if short);
     ``loss_fn(model, batch)`` as for the trainer.
     """
     if not 0.0 < start_lr < end_lr:

@@ -1,5 +1,5 @@
 """Checks for the exercise on an LR range test that restores what it found; the oracle is
-:func:`course_lib.lr_finder.lr_range_test`, which leaves model, optimizer and random number generator
+:func:`course_lib.train.lr_finder.lr_range_test`, which leaves model, optimizer and random number generator
 exactly as they were.
 
 Each trial builds a random model (linear layers, sometimes BatchNorm and dropout) and a random
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.lr_finder import lr_range_test
+from course_lib.train.lr_finder import lr_range_test
 
 from ._core import Trials, describe, passed
 

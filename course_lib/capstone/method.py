@@ -27,15 +27,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from course_lib.param_groups import decays
-from course_lib.schedules import ParamGroupScheduler, plot_schedule
+from ..param_groups import decays
+from ..schedules import ParamGroupScheduler, plot_schedule
 
 __all__ = [
+    "PAPER_VARIANTS",
+    "VARIANTS",
+    "Variant",
     "LayerAdaptiveAdamW",
     "PaperEpsScheduler",
     "layer_param_groups",
@@ -213,3 +217,34 @@ def plot_paper_eps(steps: int = 1000, ax: Any = None, *, eps_base: float = 1e-8,
     ax.set_ylabel(r"$\epsilon_t$")
     ax.legend()
     return values
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What an optimizer variant changes: per-block LR multipliers, the eps schedule, or neither.
+
+    ``eps_factor`` multiplies the configured eps (the control); ``torch_adamw`` uses
+    ``torch.optim.AdamW`` instead of :class:`LayerAdaptiveAdamW`.
+    """
+
+    multipliers: bool
+    eps_schedule: bool
+    eps_factor: float = 1.0
+    torch_adamw: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "adamw": Variant(multipliers=False, eps_schedule=False),
+    "layer_adaptive": Variant(multipliers=True, eps_schedule=True),
+    "multipliers_only": Variant(multipliers=True, eps_schedule=False),
+    "eps_only": Variant(multipliers=False, eps_schedule=True),
+    "control": Variant(multipliers=False, eps_schedule=False, eps_factor=1 + 1e-6),
+    "torch_adamw": Variant(multipliers=False, eps_schedule=False, torch_adamw=True),
+}
+"""The optimizer variants; the first four are the paper's baseline, method and two ablations."""
+
+
+PAPER_VARIANTS: tuple[str, ...] = ("adamw", "layer_adaptive", "multipliers_only", "eps_only")

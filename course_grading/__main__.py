@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib.grading {build-exercises,grade} ...`` (``--help`` for details)."""
+"""Command line: ``python -m course_grading {build-exercises,grade} ...`` (``--help`` for details)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .grader import grade
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grading", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m course_grading", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in changed:
             print(f"{'out of date' if args.check else 'wrote'}: {path}")
         if args.check and changed:
-            print("run `python -m course_lib.grading build-exercises` to regenerate", file=sys.stderr)
+            print("run `python -m course_grading build-exercises` to regenerate", file=sys.stderr)
             return 1
         if not changed:
             print("all exercise notebooks are up to date")

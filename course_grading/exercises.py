@@ -114,7 +114,7 @@ def check_cell_source(spec: CheckSpec, body: str) -> str:
     """The text of a generated check cell: a comment with the points, the import, then ``body``."""
     points = f"{spec.points} {'bonus ' if spec.bonus else ''}point{'s' if spec.points != 1 else ''}"
     header = f"# Check ({points}). Graders run their own copy of this cell: editing it changes nothing."
-    return f"{header}\nfrom course_lib.grading import checks\n\n{body.strip()}"
+    return f"{header}\nfrom course_lib import checks\n\n{body.strip()}"
 
 
 def _check_of(cell: nbformat.NotebookNode) -> CheckSpec | None:

@@ -1,6 +1,6 @@
 """A pytest plugin that records each notebook cell's result as nbval runs it.
 
-Loaded by the grader with ``-p course_lib.grading.pytest_plugin --grading-log results.jsonl``. Every
+Loaded by the grader with ``-p course_grading.pytest_plugin --grading-log results.jsonl``. Every
 cell's outcome is appended to the log as one JSON line as soon as it is known, so results survive
 even if the run is stopped later.
 

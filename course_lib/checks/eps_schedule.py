@@ -1,5 +1,5 @@
 """Checks for the exercise on the capstone paper's epsilon schedule (its equation 2); the oracles are
-:func:`course_lib.optim.layer_adaptive.paper_eps` and :class:`course_lib.optim.layer_adaptive.PaperEpsScheduler`.
+:func:`course_lib.capstone.method.paper_eps` and :class:`course_lib.capstone.method.PaperEpsScheduler`.
 
 .. math::
     \\epsilon_t = \\begin{cases}
@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from course_lib.optim.layer_adaptive import PaperEpsScheduler
-from course_lib.optim.layer_adaptive import paper_eps as course_paper_eps
+from course_lib.capstone.method import PaperEpsScheduler
+from course_lib.capstone.method import paper_eps as course_paper_eps
 
 from ._core import DTYPE, Trials, describe, passed
 
@@ -69,7 +69,7 @@ def _mistakes(t: int, eps_base: float, eps_min: float, warmup: int, decay: int, 
 
 def paper_eps(fn: Callable, *, seed: int | None = None, trials: int = 5) -> None:
     """Check ``fn(t, *, eps_base, eps_min, warmup, decay, alpha) -> float`` against
-    ``course_lib.optim.layer_adaptive.paper_eps``: random constants (a trial without warmup, one with
+    ``course_lib.capstone.method.paper_eps``: random constants (a trial without warmup, one with
     ``eps_min = 0``), steps at both sides of ``T_w``, inside the warmup, along the decay and far out where
     the floor acts."""
     run = Trials("paper_eps", fn, seed, trials)
