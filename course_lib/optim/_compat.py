@@ -67,7 +67,12 @@ class TorchCompat:
                     state[key] = state[key].to(value.dtype)
             step = state.get("step")
             state["step"] = int(step) if step is not None else int(any(k != "step" for k in state))
-            self.adopt_state(state)
+            self.adopt_state(state, param, saved)
 
-    def adopt_state(self, state: dict[str, Any]) -> None:
-        """Convert one loaded state from torch's form to this optimizer's, in place (default: nothing)."""
+    def adopt_state(self, state: dict[str, Any], param: Tensor, saved: dict[str, Any]) -> None:
+        """Convert one loaded state of ``param`` to this optimizer's form, in place (default: nothing).
+
+        ``saved`` is that state as it was saved, before torch's loading cast every floating-point
+        tensor to the parameter's dtype: an optimizer whose buffers keep a dtype of their own (8-bit
+        Adam's float32 scales) takes them from there. Also for numbers torch keeps as tensors.
+        """

@@ -42,15 +42,16 @@ def adam8bit_update(
 
     Only the stored moments are rounded; the step itself is computed in float32 from the
     dequantized moments and the exact gradient, so the rounding error of one step does not
-    compound within that step.
+    compound within that step (in float64 for a float64 parameter).
     """
-    device = param.device
+    device, dtype = param.device, torch.promote_types(param.dtype, torch.float32)
     moments = {
         "exp_avg": dequantize_blockwise(state["exp_avg"], state["exp_avg_absmax"], signed_map(device), blocksize),
         "exp_avg_sq": dequantize_blockwise(state["exp_avg_sq"], state["exp_avg_sq_absmax"],
                                            unsigned_map(device), blocksize),
     }
-    adam_update(param, grad.to(torch.float32), moments, step=step, amsgrad=False, **adam)
+    moments = {name: value.to(dtype) for name, value in moments.items()}
+    adam_update(param, grad.to(dtype), moments, step=step, amsgrad=False, **adam)
     for name, code in (("exp_avg", signed_map(device)), ("exp_avg_sq", unsigned_map(device))):
         q, absmax = quantize_blockwise(moments[name], code, blocksize)
         state[name].copy_(q)
@@ -122,6 +123,14 @@ class Adam8bit(CourseOptimizer):
             state[name], state[name + "_absmax"] = quantize_blockwise(
                 torch.zeros_like(param, dtype=torch.float32), code, group["blocksize"])
         return state
+
+    def adopt_state(self, state: State, param: Tensor, saved: State) -> None:
+        # torch's loading casts floating-point state to the parameter's dtype; these keep their own
+        for key, value in saved.items():
+            if key.endswith("_absmax"):
+                state[key] = value.to(param.device, torch.float32)
+            elif key in ("exp_avg", "exp_avg_sq") and value.is_floating_point():
+                state[key] = value.to(param.device, torch.promote_types(param.dtype, torch.float32))
 
     def update(self, param: Tensor, grad: Tensor, state: State, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]

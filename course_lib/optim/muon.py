@@ -232,6 +232,13 @@ class MuonWithAdamW(Muon):
         ns_dtype: torch.dtype = torch.bfloat16,
         maximize: bool = False,
     ) -> None:
+        check_range("adamw_lr", adamw_lr)
+        if not isinstance(adamw_betas, (tuple, list)) or len(adamw_betas) != 2:
+            raise ValueError(f"adamw_betas must be a pair (beta1, beta2) with each in [0.0, 1.0), got {adamw_betas!r}")
+        check_range("adamw_betas[0]", adamw_betas[0], 0.0, 1.0)
+        check_range("adamw_betas[1]", adamw_betas[1], 0.0, 1.0)
+        check_range("adamw_eps", adamw_eps)
+        check_range("adamw_weight_decay", adamw_weight_decay)
         self.adamw_defaults = dict(lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
                                    weight_decay=adamw_weight_decay)
         super().__init__(params, lr, weight_decay, momentum, nesterov, ns_coefficients, eps,

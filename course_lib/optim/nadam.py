@@ -108,7 +108,7 @@ class NAdam(CourseOptimizer):
         super().validate(group)
         check_range("momentum_decay", group["momentum_decay"])
 
-    def adopt_state(self, state: State) -> None:
+    def adopt_state(self, state: State, param: Tensor, saved: State) -> None:
         if isinstance(state.get("mu_product"), Tensor):
             state["mu_product"] = state["mu_product"].item()
 

@@ -1,70 +1,43 @@
-"""course_lib.optim.lookahead.Lookahead against a hand-written Lookahead loop around torch.optim."""
+"""Lookahead against a hand-written Lookahead loop (Zhang et al. 2019, Algorithm 1) around torch.optim and
+course_lib optimizers, and its wrapper's duties (shared param groups, state dict, copies, GradScaler).
+
+Bad k and alpha, the closure, maximize and the other properties of Lookahead(AdamW) are in
+test_contract.py.
+"""
 
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
 
 from course_lib.optim.adam import Adam
 from course_lib.optim.lookahead import Lookahead
+from optim_helpers import F64, SMALL, clones, decay, make_params, seeded_grads, set_grads, weights_only_round_trip
+from optim_helpers import run as run_steps
 
 STEPS = 23  # not a multiple of k: the run ends between two slow updates
-F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one thread beats waking a second one, by far on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_params(seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(3, 4, generator=gen, dtype=F64), torch.randn((), generator=gen, dtype=F64),
-              torch.randn(5, 3, generator=gen, dtype=F64).t(), torch.randn(6, generator=gen, dtype=F64)]
-    return [p.requires_grad_() for p in params]
-
-
-def set_grads(params: list[torch.Tensor], t: int) -> None:
-    """Seeded noise plus a pull towards 0; parameter 1 has no gradient every third step."""
-    gen = torch.Generator().manual_seed(100 + t)
-    for i, p in enumerate(params):
-        noise = torch.randn(p.shape, generator=gen, dtype=F64)
-        p.grad = None if i == 1 and t % 3 == 0 else noise + 0.5 * p.detach()
 
 
 def groups(params: list[torch.Tensor]) -> list[dict]:
     return [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
 
 
-def lr_factor(t: int) -> float:
-    return 1 / (1 + 0.1 * t)
-
-
-def run(opt, params, steps: int = STEPS, start: int = 0):
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor, last_epoch=start - 1)
-    for t in range(start, start + steps):
-        set_grads(params, t)
-        opt.step()
-        sched.step()
-    return opt
+def run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: int = STEPS, start: int = 0):
+    """Seeded gradients (parameter 1 misses every third step) under a LambdaLR schedule."""
+    return run_steps(opt, params, steps, start=start)
 
 
 def hand_written_lookahead(make_inner, k: int, alpha: float) -> list[torch.Tensor]:
     """Zhang et al. 2019, Algorithm 1: k fast steps of the inner optimizer, then
     slow <- slow + alpha (fast - slow), fast <- slow."""
-    fast = make_params()
+    fast = make_params(SMALL, dtype=F64)
     slow = [p.detach().clone() for p in fast]
     inner = make_inner(groups(fast))
-    sched = torch.optim.lr_scheduler.LambdaLR(inner, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(inner, decay)
     for t in range(STEPS):
-        set_grads(fast, t)
+        set_grads(fast, seeded_grads(fast, t))
         inner.step()
         sched.step()
         if (t + 1) % k == 0:
@@ -85,7 +58,7 @@ INNER = {
 @pytest.mark.parametrize("k, alpha", [(5, 0.5), (1, 0.8), (3, 0.25)])
 @pytest.mark.parametrize("inner", list(INNER))
 def test_trajectory_equals_the_hand_written_loop(inner, k, alpha):
-    params = make_params()
+    params = make_params(SMALL, dtype=F64)
     opt = run(Lookahead(INNER[inner](groups(params)), k=k, alpha=alpha), params)
     expected = hand_written_lookahead(INNER[inner], k, alpha)
     for p, q in zip(params, expected):
@@ -94,7 +67,7 @@ def test_trajectory_equals_the_hand_written_loop(inner, k, alpha):
 
 
 def test_alpha_one_is_the_inner_optimizer_alone():
-    params, ref = make_params(), make_params()
+    params, ref = make_params(SMALL, dtype=F64), make_params(SMALL, dtype=F64)
     run(Lookahead(torch.optim.SGD(groups(params), lr=0.05, momentum=0.9), k=4, alpha=1.0), params)
     run(torch.optim.SGD(groups(ref), lr=0.05, momentum=0.9), ref)
     for p, q in zip(params, ref):
@@ -102,22 +75,22 @@ def test_alpha_one_is_the_inner_optimizer_alone():
 
 
 def test_alpha_zero_returns_to_the_start_every_k_steps():
-    params = make_params()
+    params = make_params(SMALL, dtype=F64)
     start = [p.detach().clone() for p in params]
     opt = Lookahead(torch.optim.SGD(groups(params), lr=0.05), k=4, alpha=0.0)
     for t in range(8):
-        set_grads(params, t)
+        set_grads(params, seeded_grads(params, t))
         opt.step()
         assert all(torch.equal(p, s) for p, s in zip(params, start)) == ((t + 1) % 4 == 0)
 
 
 def test_param_groups_are_shared_so_schedulers_reach_the_inner_optimizer():
-    params = make_params()
+    params = make_params(SMALL, dtype=F64)
     inner = torch.optim.SGD(groups(params), lr=0.1)
     opt = Lookahead(inner, k=3)
     assert opt.param_groups is inner.param_groups
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    set_grads(params, 0)
+    set_grads(params, seeded_grads(params, 0))
     opt.step()
     sched.step()
     assert [g["lr"] for g in inner.param_groups] == [0.05, 0.01]
@@ -147,18 +120,18 @@ def test_closure_and_zero_grad_go_through():
 
 
 @pytest.mark.parametrize("inner", ["SGD", "course Adam"])
-def test_state_dict_survives_save_and_weights_only_load(inner):
-    straight = make_params()
+def test_state_dict_brings_k_alpha_and_the_inner_state(inner):
+    """A wrapper built with other k and alpha takes the saved ones, and the resumed run is the uninterrupted one
+    (around torch's SGD too; the round trip around course_lib's AdamW is in test_contract.py)."""
+    straight = make_params(SMALL, dtype=F64)
     run(Lookahead(INNER[inner](groups(straight)), k=3, alpha=0.6), straight, steps=14)
 
-    params = make_params()
+    params = make_params(SMALL, dtype=F64)
     opt = run(Lookahead(INNER[inner](groups(params)), k=3, alpha=0.6), params, steps=7)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = [p.detach().clone().requires_grad_() for p in params]
+    saved = weights_only_round_trip(opt.state_dict())
+    fresh = clones(params)
     new = Lookahead(INNER[inner](groups(fresh)), k=5, alpha=0.1)  # k and alpha come from the state
-    new.load_state_dict(torch.load(buffer, weights_only=True))
+    new.load_state_dict(saved)
     assert (new.k, new.alpha, new.fast_steps) == (3, 0.6, 7)
     assert new.param_groups is new.optimizer.param_groups
     assert len(new.optimizer.state) == len(opt.optimizer.state)  # the inner state came along
@@ -168,7 +141,7 @@ def test_state_dict_survives_save_and_weights_only_load(inner):
 
 
 def test_a_deep_copy_steps_like_the_original():
-    params = make_params()
+    params = make_params(SMALL, dtype=F64)
     opt = run(Lookahead(torch.optim.SGD(groups(params), lr=0.05, momentum=0.9), k=3), params, steps=4)
     twin = copy.deepcopy(opt)
     twin_params = [p for group in twin.param_groups for p in group["params"]]
@@ -194,14 +167,6 @@ def test_grad_scaler_skips_the_whole_step_on_inf():
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.9))  # slow 1 -> 1 + 0.5 (0.8 - 1)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(k=0), r"k must be an integer in \[1, inf\)"),
-    (dict(k=2.0), "k must be an integer"),
-    (dict(alpha=1.5), r"alpha must be in \[0.0, 1.0\]"),
-    (dict(alpha=-0.1), "alpha"),
-])
-def test_bad_hyperparameters_raise_value_error_naming_them(kw, match):
-    with pytest.raises(ValueError, match=match):
-        Lookahead(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
+def test_the_inner_optimizer_must_be_an_optimizer():
     with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
         Lookahead([torch.zeros(2, requires_grad=True)])

@@ -1,15 +1,23 @@
-"""course_lib.optim against torch.optim: the same trajectories, states and integrations.
+"""course_lib.optim's twins of torch.optim (SGD, Adagrad, RMSprop, Adam, AdamW, NAdam, RAdam) against torch.optim.
 
-The oracle is torch.optim itself. Every run uses float64 (torch's own step counters and NAdam's
-running product follow the default dtype, so the default dtype is float64 here too), several param
-groups, a scheduler that changes lr every step, parameters whose gradient is None on some steps,
-a 0-dim parameter and a non-contiguous one.
+One parametrized file for the seven: the oracle is torch.optim itself, the same for each. The
+trajectories and states agree to float64 round-off. Every run uses float64 (torch's own step
+counters and NAdam's running product follow the default dtype, so the default dtype is float64
+here too), two param groups, a scheduler that changes lr every step, parameters whose gradient is
+None on some steps, a 0-dim parameter and a non-contiguous one. Also here: the foreach kernels
+against torch's, OneCycleLR (which also cycles momentum), tensor learning rates, GradScaler,
+state switched on after the first step, torch's signatures (Adafactor's and Muon's included) and
+flags, validation stricter than torch's, and runs started with torch.optim continued here.
+
+The properties that need no oracle (descent, maximize, zero gradients, frozen groups, the
+state-dict round trip, determinism, bad hyperparameters, sparse gradients, the closure, the fast
+paths against the loop) are checked for every optimizer in test_contract.py.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
+from functools import partial
 from itertools import product
 from typing import Any, Callable
 
@@ -17,71 +25,41 @@ import pytest
 import torch
 
 import course_lib.optim as co
+from optim_helpers import (
+    MIXED,
+    assert_same_state,
+    clones,
+    make_params,
+    run,
+    scaled_groups,
+    seeded_grads,
+    set_grads,
+    skips,
+    weights_only_round_trip,
+)
+
+pytestmark = pytest.mark.usefixtures("float64")
 
 STEPS = 25
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def make_params(seed: int = 0) -> list[torch.Tensor]:
-    """Five leaf tensors: a matrix, a 0-dim scalar, a non-contiguous (transposed) matrix, a vector, a 3-d block."""
-    gen = torch.Generator().manual_seed(seed)
-    params = [
-        torch.randn(3, 4, generator=gen),
-        torch.randn((), generator=gen),
-        torch.randn(3, 5, generator=gen).t(),
-        torch.randn(7, generator=gen),
-        torch.randn(2, 3, 2, generator=gen),
-    ]
-    assert not params[2].is_contiguous()
-    return [p.requires_grad_() for p in params]
-
-
-def set_grads(params: list[torch.Tensor], t: int) -> None:
-    """Step t's gradients: seeded noise plus a pull towards zero; some parameters miss some steps."""
-    gen = torch.Generator().manual_seed(1000 + t)
-    noise = [torch.randn(p.shape, generator=gen) for p in params]
-    for i, (p, n) in enumerate(zip(params, noise)):
-        skip = (i == 1 and t % 3 == 0) or (i == 3 and t < 2)
-        p.grad = None if skip else n + 0.5 * p.detach()
+#: Step t's gradients: seeded noise plus a pull towards zero; parameter 1 misses every third step and
+#: parameter 3 the first two.
+GRADS = partial(seeded_grads, seed=1000, skip=skips(every_third=1, first_two=3))
+SEVEN = [co.SGD, co.Adagrad, co.RMSprop, co.Adam, co.AdamW, co.NAdam, co.RAdam]
 
 
 def groups(params: list[torch.Tensor], config: dict[str, Any]) -> list[dict[str, Any]]:
-    second = {"params": params[3:], "lr": config["lr"] * 0.5}
-    if config.get("weight_decay", 0):
-        second["weight_decay"] = config["weight_decay"] * 2
-    return [{"params": params[:3]}, second]
+    """The matrix, the scalar and the transposed matrix; the vector and the 3-d block with half the lr."""
+    return scaled_groups(params, config, split=3)
 
 
-def run(
+def trajectory(
     make_opt: Callable[..., torch.optim.Optimizer], config: dict[str, Any], steps: int = STEPS
 ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
-    """Train make_params() for `steps` steps under a LambdaLR schedule; return the params and the optimizer."""
-    params = make_params()
+    """Train make_params(MIXED) for `steps` steps under a LambdaLR schedule; return the params and the optimizer."""
+    params = make_params(MIXED)
     opt = make_opt(groups(params, config), **config)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t))
-    for t in range(steps):
-        set_grads(params, t)
-        opt.step()
-        sched.step()
+    run(opt, params, steps, grads=GRADS)
     return params, opt
-
-
-def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, params, ref_params) -> None:
-    for p, q in zip(params, ref_params):
-        s, r = ours.state[p], theirs.state[q]
-        assert set(s) == set(r) | {"step"}
-        for key, value in r.items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                torch.testing.assert_close(s[key], value, rtol=1e-10, atol=1e-12)
-            else:
-                assert float(s[key]) == pytest.approx(float(value), rel=1e-12), key
 
 
 def flags(**options: tuple) -> list[dict[str, Any]]:
@@ -138,67 +116,14 @@ def case_id(case) -> str:
 
 @pytest.mark.parametrize("ours_cls, torch_make, config", CASES, ids=[case_id(c) for c in CASES])
 def test_trajectory_matches_torch(ours_cls, torch_make, config):
-    ours_params, ours = run(ours_cls, config)
-    ref_params, ref = run(lambda p, **c: torch_make(p, foreach=False, **c), config)
+    ours_params, ours = trajectory(ours_cls, config)
+    ref_params, ref = trajectory(lambda p, **c: torch_make(p, foreach=False, **c), config)
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
     assert_same_state(ours, ref, ours_params, ref_params)
 
 
-# --- the fast paths equal the plain loop, bit for bit -------------------------------------------------
-
-FAST_CASES = [
-    (co.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
-    (co.SGD, dict(lr=0.1, momentum=0.9, dampening=0.2, maximize=True)),
-    (co.SGD, dict(lr=0.1)),
-    (co.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
-    (co.Adam, dict(lr=0.01, maximize=True, decoupled_weight_decay=True, weight_decay=0.1)),
-    (co.AdamW, dict(lr=0.01)),
-    (co.Adagrad, dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1, weight_decay=0.1)),
-    (co.RMSprop, dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1)),
-    (co.RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def run_with_path(cls, config, foreach, device, tile_size=None):
-    params = [p.detach().to(device).requires_grad_() for p in make_params()]
-    opt = cls(groups(params, config), foreach=foreach, **config)
-    if tile_size is not None:
-        opt.tile_size = tile_size
-    for t in range(STEPS):
-        set_grads(params, t)
-        for p in params:
-            if p.grad is not None:
-                p.grad = p.grad.to(device)
-        opt.step()
-    return params, opt
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cls, config", FAST_CASES, ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(FAST_CASES)])
-def test_fast_paths_equal_the_loop(cls, config, device):
-    loop_params, loop = run_with_path(cls, config, False, device)
-    assert loop.implementation(loop.param_groups[0], torch.device(device)) == "loop"
-    paths = {"tiled": (None, 5)} if device == "cpu" else {}
-    if hasattr(cls, "update_foreach"):
-        paths["foreach"] = (True, None)
-    for name, (foreach, tile_size) in paths.items():
-        params, opt = run_with_path(cls, config, foreach, device, tile_size)
-        assert opt.implementation(opt.param_groups[0], torch.device(device)) == name
-        exact = device == "cpu"
-        for p, q in zip(params, loop_params):
-            if exact:
-                assert torch.equal(p, q), name
-            else:
-                torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
-        for p, q in zip(params, loop_params):
-            for key, value in loop.state[q].items():
-                if torch.is_tensor(value):
-                    assert torch.equal(opt.state[p][key], value) if exact else torch.allclose(opt.state[p][key], value)
-                else:
-                    assert opt.state[p][key] == value
-
+# --- the foreach kernels against torch's ---------------------------------------------------------
 
 FOREACH_CASES = [
     (co.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
@@ -215,32 +140,14 @@ FOREACH_CASES = [
 def test_foreach_path_matches_torch_under_a_scheduler(ours_cls, torch_make, config, torch_foreach):
     """course_lib's multi-tensor path against torch's loop and its foreach path, with LambdaLR changing lr
     every step (the lr reaches the kernels as a number, read afresh at each step)."""
-    ours_params, ours = run(lambda p, **c: ours_cls(p, foreach=True, **c), config)
+    ours_params, ours = trajectory(lambda p, **c: ours_cls(p, foreach=True, **c), config)
     assert ours.implementation(ours.param_groups[0], torch.device("cpu")) == "foreach"
-    ref_params, ref = run(lambda p, **c: torch_make(p, foreach=torch_foreach, **c), config)
+    ref_params, ref = trajectory(lambda p, **c: torch_make(p, foreach=torch_foreach, **c), config)
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
     assert_same_state(ours, ref, ours_params, ref_params)
 
-
-def test_tiles_cover_large_tensors_exactly():
-    """A tensor several tiles long (with a short last tile) is updated like the whole tensor."""
-    gen = torch.Generator().manual_seed(3)
-    start = torch.randn(1000, generator=gen)
-    results = []
-    for foreach, tile in [(False, None), (None, 64)]:
-        p = start.clone().requires_grad_()
-        opt = co.AdamW([p], lr=0.01, foreach=foreach)
-        if tile:
-            opt.tile_size = tile
-        for _ in range(5):
-            p.grad = torch.sin(torch.arange(1000.0)) + p.detach()
-            opt.step()
-        results.append(p.detach())
-    assert torch.equal(*results)
-
-
-# --- integrations: schedulers, tensor lr, closures, GradScaler, state_dict ------------------------
+# --- integrations: schedulers, tensor lr, GradScaler -----------------------------------------------
 
 @pytest.mark.parametrize(
     "ours_cls, torch_cls, config",
@@ -251,12 +158,12 @@ def test_tiles_cover_large_tensors_exactly():
 def test_one_cycle_scheduler_cycles_lr_and_momentum_like_torch(ours_cls, torch_cls, config):
     """OneCycleLR rewrites lr and also betas[0] (Adam family) or momentum (SGD, RMSprop) every step."""
     def one_cycle(make):
-        params = make_params()
+        params = make_params(MIXED)
         opt = make(groups(params, config), **config)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.05, 0.02], total_steps=STEPS)
         assert all("initial_lr" in g for g in opt.param_groups)
         for t in range(STEPS - 1):
-            set_grads(params, t)
+            set_grads(params, GRADS(params, t))
             opt.step()
             sched.step()
         return params
@@ -267,33 +174,10 @@ def test_one_cycle_scheduler_cycles_lr_and_momentum_like_torch(ours_cls, torch_c
 
 @pytest.mark.parametrize("ours_cls, torch_cls", [(co.Adam, torch.optim.Adam), (co.SGD, torch.optim.SGD)])
 def test_tensor_lr_equals_float_lr(ours_cls, torch_cls):
-    ours_params, _ = run(lambda p, **c: ours_cls(p, **{**c, "lr": torch.tensor(c["lr"])}), dict(lr=0.01))
-    ref_params, _ = run(lambda p, **c: torch_cls(p, foreach=False, **c), dict(lr=0.01))
+    ours_params, _ = trajectory(lambda p, **c: ours_cls(p, **{**c, "lr": torch.tensor(c["lr"])}), dict(lr=0.01))
+    ref_params, _ = trajectory(lambda p, **c: torch_cls(p, foreach=False, **c), dict(lr=0.01))
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-
-
-def test_closure_is_evaluated_with_grad_and_its_loss_returned():
-    def trajectory(cls):
-        p = torch.tensor([-1.5, 2.0], requires_grad=True)
-        opt = cls([p], lr=0.01)
-        losses = []
-
-        def closure():
-            opt.zero_grad()
-            loss = (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
-            loss.backward()
-            return loss
-
-        with torch.no_grad():  # the optimizer must enable grad for the closure itself
-            for _ in range(10):
-                losses.append(opt.step(closure).item())
-        return p.detach(), losses
-
-    (p, losses), (q, ref_losses) = trajectory(co.Adam), trajectory(torch.optim.Adam)
-    torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-    assert losses == pytest.approx(ref_losses, rel=1e-12)
-    assert co.Adam([torch.zeros(1, requires_grad=True)]).step() is None
 
 
 @pytest.mark.parametrize("cls", [co.AdamW, co.SGD])
@@ -339,44 +223,7 @@ def test_grad_scaler_unscales_steps_and_skips_inf(cls):
     assert scaler.get_scale() == scale * 0.5
 
 
-ALL = [
-    (co.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
-    (co.Adagrad, dict(lr=0.1, lr_decay=0.01)),
-    (co.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
-    (co.Adam, dict(lr=0.01, amsgrad=True)),
-    (co.AdamW, dict(lr=0.01)),
-    (co.NAdam, dict(lr=0.01, weight_decay=0.1)),
-    (co.RAdam, dict(lr=0.01)),
-]
-
-
-@pytest.mark.parametrize("cls, config", ALL, ids=[c.__name__ for c, _ in ALL])
-def test_state_dict_survives_save_and_weights_only_load(cls, config):
-    """Stop after 10 steps, save, load with weights_only=True, resume: same as never stopping."""
-    straight, _ = run(cls, config, steps=20)
-
-    def resumed():
-        params, opt = run(cls, config, steps=10)
-        buffer = io.BytesIO()
-        torch.save(opt.state_dict(), buffer)
-        buffer.seek(0)
-        saved = torch.load(buffer, weights_only=True)
-        for state in saved["state"].values():
-            assert all(torch.is_tensor(v) or isinstance(v, (int, float)) for v in state.values())
-        fresh = [p.detach().clone().requires_grad_() for p in params]
-        new = cls(groups(fresh, config), **config)
-        new.load_state_dict(saved)
-        sched = torch.optim.lr_scheduler.LambdaLR(new, lambda t: 1 / (1 + 0.1 * t), last_epoch=9)
-        for t in range(10, 20):
-            set_grads(fresh, t)
-            new.step()
-            sched.step()
-        return fresh, new
-
-    resumed_params, new = resumed()
-    for p, q in zip(resumed_params, straight):
-        assert torch.equal(p, q)
-
+# --- state switched on after the first step -------------------------------------------------------
 
 @pytest.mark.parametrize("foreach", [False, None, True], ids=["loop", "tiled", "foreach"])
 def test_sgd_momentum_switched_on_later_follows_the_base_rule(foreach):
@@ -386,14 +233,14 @@ def test_sgd_momentum_switched_on_later_follows_the_base_rule(foreach):
     config = dict(lr=0.1, weight_decay=0.1)
 
     def switching(make, inject):
-        params = make_params()
+        params = make_params(MIXED)
         opt = make(groups(params, config), **config)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t))
         for t in range(STEPS):
             momentum = 0.9 if 3 <= t < 12 or t >= 15 else 0.0
             for group in opt.param_groups:
                 group.update(momentum=momentum, dampening=0.3 if momentum else 0.0)
-            set_grads(params, t)
+            set_grads(params, GRADS(params, t))
             if inject and momentum:
                 for p in params:
                     if p.grad is not None and "momentum_buffer" not in opt.state[p]:
@@ -429,6 +276,32 @@ def test_amsgrad_switched_on_later_starts_its_maximum_at_zero():
     theirs, their_state = trajectory(lambda ps: torch.optim.Adam(ps, lr=0.01, foreach=False), inject=True)
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ours_state["max_exp_avg_sq"], their_state["max_exp_avg_sq"], rtol=1e-10, atol=1e-12)
+
+
+def test_rmsprop_momentum_and_centered_switched_on_later_start_at_zero():
+    """Switched on at step 4, the momentum buffer and the average of gradients start at zero then:
+    the oracle is torch's RMSprop with zero buffers put into its state at that step."""
+    def trajectory(make, add_buffers=None):
+        p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+        opt = make([p], lr=0.01)
+        for t in range(8):
+            if t == 3:
+                opt.param_groups[0].update(momentum=0.9, centered=True)
+                if add_buffers:
+                    add_buffers(opt.state[p], p)
+            p.grad = torch.sin(torch.arange(3.0, dtype=torch.float64) + t) + p.detach()
+            opt.step()
+        return p.detach(), opt.state[p]
+
+    def zeros(state, p):
+        state["momentum_buffer"] = torch.zeros_like(p)
+        state["grad_avg"] = torch.zeros_like(p)
+
+    ours, ours_state = trajectory(co.RMSprop)
+    theirs, their_state = trajectory(lambda p, **kw: torch.optim.RMSprop(p, foreach=False, **kw), zeros)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    for key in ("square_avg", "momentum_buffer", "grad_avg"):
+        torch.testing.assert_close(ours_state[key], their_state[key], rtol=1e-12, atol=1e-14)
 
 
 # --- drop-in: signatures, and runs started with torch.optim ---------------------------------------
@@ -488,16 +361,13 @@ def test_continues_a_run_started_with_torch(ours_cls, torch_cls, config):
     """10 steps with torch.optim.X, its state_dict saved and loaded (weights_only) into course_lib's X,
     10 more steps: the same trajectory as 20 steps of torch.optim.X (float64)."""
     make_torch = lambda p, **c: torch_cls(p, foreach=False, **c)  # noqa: E731
-    straight, _ = run(make_torch, config, steps=20)
-    params, ref = run(make_torch, config, steps=10)
-    buffer = io.BytesIO()
-    torch.save(ref.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    fresh = [p.detach().clone().requires_grad_() for p in params]
+    straight, _ = trajectory(make_torch, config, steps=20)
+    params, ref = trajectory(make_torch, config, steps=10)
+    saved = weights_only_round_trip(ref.state_dict())
+    fresh = clones(params)
     ours = ours_cls(groups(fresh, config), **config)
     ours.load_state_dict(saved)
-    own_params, own = run(ours_cls, config, steps=10)  # the state course_lib itself would hold now
+    own_params, own = trajectory(ours_cls, config, steps=10)  # the state course_lib itself would hold now
     for p, q, r in zip(fresh, params, own_params):
         state, theirs, expected = ours.state[p], ref.state[q], own.state[r]
         if not theirs:  # SGD without momentum keeps no state; the step count starts at the next step
@@ -506,24 +376,68 @@ def test_continues_a_run_started_with_torch(ours_cls, torch_cls, config):
         assert {k: type(v) for k, v in state.items()} == {k: type(v) for k, v in expected.items()}
         if "step" in theirs:
             assert state["step"] == expected["step"] == int(theirs["step"])
-    sched = torch.optim.lr_scheduler.LambdaLR(ours, lambda t: 1 / (1 + 0.1 * t), last_epoch=9)
-    for t in range(10, 20):
-        set_grads(fresh, t)
-        ours.step()
-        sched.step()
+    run(ours, fresh, 10, start=10, grads=GRADS)
     for p, q in zip(fresh, straight):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
 def test_a_group_saved_without_a_newer_hyperparameter_takes_its_default():
     """torch before 2.7 saved AdamW's groups without decoupled_weight_decay (nor fused, capturable, ...)."""
-    params, ref = run(lambda p, **c: torch.optim.AdamW(p, foreach=False, **c), dict(lr=0.01, weight_decay=0.1))
+    params, ref = trajectory(lambda p, **c: torch.optim.AdamW(p, foreach=False, **c), dict(lr=0.01, weight_decay=0.1))
     saved = ref.state_dict()
     for group in saved["param_groups"]:
         for key in ("decoupled_weight_decay", "fused", "capturable", "differentiable"):
             del group[key]
-    ours = co.AdamW(groups([p.detach().clone().requires_grad_() for p in params], dict(lr=0.01)))
+    ours = co.AdamW(groups(clones(params), dict(lr=0.01)))
     ours.load_state_dict(saved)
     for group in ours.param_groups:
         assert group["decoupled_weight_decay"] is True and group["fused"] is None
         assert group["weight_decay"] in (0.1, 0.2)  # the saved values, not the defaults
+
+
+# --- validation and torch's flags ----------------------------------------------------------------
+
+STRICTER_THAN_TORCH = [
+    (co.SGD, torch.optim.SGD, dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
+    (co.SGD, torch.optim.SGD, dict(momentum=1.5), "momentum"),
+    (co.SGD, torch.optim.SGD, dict(dampening=1.5), r"dampening must be in \[0.0, 1.0\]"),
+    (co.SGD, torch.optim.SGD, dict(dampening=-0.5), "dampening"),
+    (co.RMSprop, torch.optim.RMSprop, dict(alpha=1.0), r"alpha must be in \[0.0, 1.0\)"),
+    (co.RMSprop, torch.optim.RMSprop, dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
+]
+
+
+@pytest.mark.parametrize("ours, theirs, kw, match", STRICTER_THAN_TORCH,
+                         ids=[f"{c.__name__}-{k}" for c, _, k, _ in STRICTER_THAN_TORCH])
+def test_validation_stricter_than_torch_as_documented(ours, theirs, kw, match):
+    """torch accepts these values (the docstrings say so); course_lib rejects them, naming the argument."""
+    theirs([torch.zeros(2, requires_grad=True)], **kw)
+    with pytest.raises(ValueError, match=match):
+        ours([torch.zeros(2, requires_grad=True)], **kw)
+    name = next(iter(kw))
+    assert "stricter than torch" in ours.__doc__ and f"``{name}" in ours.__doc__
+
+
+TORCH_ONLY_FEATURES = [(cls, name) for cls in SEVEN for name, default in
+                       (("capturable", False), ("differentiable", False), ("fused", None))
+                       if name in inspect.signature(getattr(torch.optim, cls.__name__)).parameters]
+
+
+@pytest.mark.parametrize("cls, name", TORCH_ONLY_FEATURES, ids=[f"{c.__name__}-{n}" for c, n in TORCH_ONLY_FEATURES])
+def test_torch_only_features_accepted_at_their_defaults_and_rejected_otherwise(cls, name):
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    default = inspect.signature(cls).parameters[name].default
+    assert default == inspect.signature(getattr(torch.optim, cls.__name__)).parameters[name].default
+    allowed = [default, False] if name == "fused" else [default]
+    for value in allowed:
+        opt = cls([a], **{name: value})
+        a.grad = torch.ones(2)
+        opt.step()
+        assert opt.param_groups[0][name] == value
+    with pytest.raises(ValueError, match=f"{name} must be") as error:
+        cls([a], **{name: True})
+    assert f"torch.optim.{cls.__name__}({name}=True)" in str(error.value)
+    if name == "fused":
+        assert "foreach=True" in str(error.value)
+    with pytest.raises(ValueError, match=name):  # a param group may not switch it on either
+        cls([a]).add_param_group({"params": [b], name: True})

@@ -2,12 +2,12 @@
 
 Oracles: the paper's Algorithm 3 written out in float64; the Gauss-Newton matrix of a softmax
 regression in closed form; the Hessian of a quadratic; exact expectations by enumerating every
-label draw or every Rademacher vector.
+label draw or every Rademacher vector. The state-dict round trip (with Hessian refreshes), bad
+hyperparameters and the other properties are in test_contract.py.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 
@@ -18,15 +18,7 @@ import torch.nn.functional as F
 from course_lib.optim.sophia import SophiaG, gauss_newton_bartlett, hutchinson, sampled_label_loss
 
 
-@pytest.fixture(autouse=True)
-def float64_one_thread():
-    """float64 for exact comparisons; one thread, since a second one only waits for a busy core."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
 
 
 # --- the update against the paper's algorithm -------------------------------------------------------
@@ -239,7 +231,7 @@ def test_hutchinson_samples_average_to_the_diagonal():
     assert not torch.allclose(single, a.diagonal(), atol=0.1)  # one probe is noisy: averaging is what helps
 
 
-# --- a training loop, state_dict, bad input -------------------------------------------------------------
+# --- a training loop, bad input -------------------------------------------------------------
 
 def test_training_loop_with_gauss_newton_bartlett_refreshes_fits_softmax_regression():
     gen = torch.Generator().manual_seed(0)
@@ -262,44 +254,6 @@ def test_training_loop_with_gauss_newton_bartlett_refreshes_fits_softmax_regress
             opt.zero_grad()
     assert losses[-1] < 0.35 * losses[0]
     assert all(torch.all(s["hessian"] > 0) for s in opt.state.values())
-
-
-def test_state_dict_survives_save_and_weights_only_load():
-    gen = torch.Generator().manual_seed(0)
-    theta = torch.randn(4, 3, generator=gen)
-    grads = [torch.randn(4, 3, generator=gen) for _ in range(10)]
-
-    def train(p, opt, steps):
-        for t, g in steps:
-            if t % 3 == 0:
-                p.grad = 0.1 * g
-                opt.update_hessian()
-            p.grad = g.clone()
-            opt.step(bs=16)
-
-    straight = theta.clone().requires_grad_()
-    train(straight, SophiaG([straight], lr=0.01), enumerate(grads))
-    first = theta.clone().requires_grad_()
-    opt = SophiaG([first], lr=0.01)
-    train(first, opt, list(enumerate(grads))[:5])
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    resumed = first.detach().clone().requires_grad_()
-    new = SophiaG([resumed], lr=0.01)
-    new.load_state_dict(torch.load(buffer, weights_only=True))
-    train(resumed, new, list(enumerate(grads))[5:])
-    assert torch.equal(resumed, straight)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [(dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.99)), r"betas\[0\]"), (dict(rho=-0.1), "rho"),
-     (dict(weight_decay=-1.0), "weight_decay"), (dict(eps=0.0), "eps")],
-)
-def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        SophiaG([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 def test_bad_step_and_estimator_arguments_raise_value_error():

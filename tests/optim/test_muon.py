@@ -5,19 +5,23 @@ its products (addmm or not), which changes the bfloat16 rounding. So parity is c
 with the iteration in float64 on both sides (torch's Newton-Schulz function patched for the
 test), where the trajectories agree to float64 round-off and every other part of the update
 (momentum, Nesterov, decay, LR adjustment) is compared exactly; and with both defaults
-(bfloat16), where they agree to bfloat16 round-off.
+(bfloat16), where they agree to bfloat16 round-off. The comparisons with torch.optim.Muon are
+skipped where torch has none (before 2.9).
+
+The state-dict round trips of Muon and MuonWithAdamW, maximize, bad hyperparameters and the other
+properties are in test_contract.py.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
 
 import pytest
 import torch
 from torch import nn
 
 from course_lib.optim.muon import NS_COEFFICIENTS, Muon, MuonWithAdamW, muon_param_groups, newton_schulz
+from optim_helpers import MATRICES, make_params, run, scaled_groups
 
 HAS_TORCH_MUON = hasattr(torch.optim, "Muon")
 needs_torch_muon = pytest.mark.skipif(not HAS_TORCH_MUON,
@@ -25,42 +29,10 @@ needs_torch_muon = pytest.mark.skipif(not HAS_TORCH_MUON,
 STEPS = 15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one thread beats waking a second one, by far on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_matrices(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
-    """A tall matrix, a wide one, a non-contiguous one and a square one."""
-    gen = torch.Generator().manual_seed(seed)
-    mats = [torch.randn(8, 5, generator=gen, dtype=dtype), torch.randn(4, 12, generator=gen, dtype=dtype),
-            torch.randn(6, 3, generator=gen, dtype=dtype).t(), torch.randn(6, 6, generator=gen, dtype=dtype)]
-    return [m.requires_grad_() for m in mats]
-
-
-def set_grads(params: list[torch.Tensor], t: int) -> None:
-    """Seeded noise plus a pull towards 0; matrix 1 has no gradient every third step."""
-    gen = torch.Generator().manual_seed(100 + t)
-    for i, p in enumerate(params):
-        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-        p.grad = None if i == 1 and t % 3 == 0 else noise + 0.5 * p.detach()
-
-
-def run(make_opt, params: list[torch.Tensor], config: dict, steps: int = STEPS, start: int = 0, opt=None):
-    second = {"params": params[2:], "lr": config["lr"] * 0.5}
-    if "weight_decay" in config:
-        second["weight_decay"] = config["weight_decay"] * 2
-    opt = opt or make_opt([{"params": params[:2]}, second], **config)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t), last_epoch=start - 1)
-    for t in range(start, start + steps):
-        set_grads(params, t)
-        opt.step()
-        sched.step()
-    return opt
+def train(make_opt, params: list[torch.Tensor], config: dict) -> torch.optim.Optimizer:
+    """STEPS steps of seeded gradients (matrix 1 misses every third); matrices 2 and 3 in a group with half
+    the lr and twice the weight decay."""
+    return run(make_opt(scaled_groups(params, config, split=2), **config), params, STEPS)
 
 
 # --- Newton-Schulz --------------------------------------------------------------------------------
@@ -121,9 +93,9 @@ def test_trajectory_equals_torch_muon_with_float64_newton_schulz(config, monkeyp
         return newton_schulz(grad, tuple(coefficients), steps, eps, dtype=torch.float64)
 
     monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", float64_newton_schulz)
-    ours, ref = make_matrices(torch.float64), make_matrices(torch.float64)
-    opt = run(lambda g, **c: Muon(g, ns_dtype=torch.float64, **c), ours, config)
-    ref_opt = run(torch.optim.Muon, ref, config)
+    ours, ref = make_params(MATRICES, dtype=torch.float64), make_params(MATRICES, dtype=torch.float64)
+    opt = train(lambda g, **c: Muon(g, ns_dtype=torch.float64, **c), ours, config)
+    ref_opt = train(torch.optim.Muon, ref, config)
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"],
@@ -134,10 +106,10 @@ def test_trajectory_equals_torch_muon_with_float64_newton_schulz(config, monkeyp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("config", CONFIGS[:3], ids=[str(c) for c in CONFIGS[:3]])
 def test_trajectory_equals_torch_muon_with_defaults_to_bfloat16_round_off(config, dtype):
-    ours, ref = make_matrices(dtype), make_matrices(dtype)
+    ours, ref = make_params(MATRICES, dtype=dtype), make_params(MATRICES, dtype=dtype)
     start = [p.detach().clone() for p in ours]
-    run(Muon, ours, config)
-    run(torch.optim.Muon, ref, config)
+    train(Muon, ours, config)
+    train(torch.optim.Muon, ref, config)
     for p, q, s in zip(ours, ref, start):
         assert p.dtype == dtype
         moved = float((q.detach() - s).abs().max())
@@ -232,65 +204,6 @@ def test_muon_with_adamw_group_defaults():
         MuonWithAdamW([{"params": [net.hidden.bias], "use_muon": True}])
     with pytest.raises(ValueError, match=r"betas\[0\]"):
         MuonWithAdamW([{"params": [net.hidden.bias], "use_muon": False, "betas": (1.0, 0.9)}])
-
-
-# --- state_dict, maximize, errors -----------------------------------------------------------------
-
-def muon_and_adamw(groups: list[dict], **config) -> MuonWithAdamW:
-    """The first group on Muon, the second (matrices too, here) on AdamW."""
-    return MuonWithAdamW([{**groups[0], "use_muon": True}, {**groups[1], "use_muon": False}], **config)
-
-
-@pytest.mark.parametrize("make", [Muon, muon_and_adamw], ids=["Muon", "MuonWithAdamW"])
-def test_state_dict_survives_save_and_weights_only_load(make):
-    config = dict(lr=0.02, weight_decay=0.1)
-    straight = make_matrices(torch.float32)
-    run(make, straight, config, steps=8)
-
-    params = make_matrices(torch.float32)
-    opt = run(make, params, config, steps=4)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = [p.detach().clone().requires_grad_() for p in params]
-    new = make([{"params": fresh[:2]}, {"params": fresh[2:]}], **config)
-    new.load_state_dict(torch.load(buffer, weights_only=True))
-    assert new.param_groups[0]["ns_dtype"] is torch.bfloat16
-    run(None, fresh, config, steps=4, start=4, opt=new)
-    for p, q in zip(fresh, straight):
-        assert torch.equal(p, q)
-
-
-def test_maximize_equals_descending_the_negated_gradient():
-    ours, ref = make_matrices(torch.float64), make_matrices(torch.float64)
-    opt, ref_opt = Muon(ours, lr=0.02, maximize=True), Muon(ref, lr=0.02)
-    for t in range(4):
-        set_grads(ours, t)
-        set_grads(ref, t)
-        for q in ref:
-            if q.grad is not None:
-                q.grad.neg_()
-        opt.step()
-        ref_opt.step()
-    for p, q in zip(ours, ref):
-        assert torch.equal(p, q)
-
-
-@pytest.mark.parametrize("kw, match", [
-    (dict(lr=-0.1), r"lr must be in \[0.0, inf\)"),
-    (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
-    (dict(eps=-1.0), "eps"),
-    (dict(ns_steps=100), r"ns_steps must be an integer in \[0, 100\)"),
-    (dict(ns_steps=2.5), "ns_steps"),
-    (dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"),
-    (dict(ns_coefficients=(1.0, float("nan"), 2.0)), r"ns_coefficients\[b\]"),
-    (dict(adjust_lr_fn="rms"), "adjust_lr_fn"),
-    (dict(ns_dtype=torch.int32), "ns_dtype"),
-])
-def test_bad_hyperparameters_raise_value_error_naming_them(kw, match):
-    with pytest.raises(ValueError, match=match):
-        Muon([torch.zeros(2, 3, requires_grad=True)], **kw)
 
 
 def test_non_matrix_parameters_are_rejected():

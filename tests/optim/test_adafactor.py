@@ -2,13 +2,15 @@
 
 Every trajectory runs in float64 over a matrix, a vector, a 0-dim scalar, a 3-d block and a
 transposed (non-contiguous) matrix, in two param groups, under a scheduler that changes lr every
-step, with some gradients missing on some steps.
+step, with some gradients missing on some steps. The state-dict round trip (both variants), bad
+hyperparameters and the other properties are in test_contract.py; the least-squares fit is in
+test_convergence.py.
 """
 
 from __future__ import annotations
 
-import io
 import math
+from functools import partial
 from itertools import product
 from typing import Any, Callable
 
@@ -16,59 +18,39 @@ import pytest
 import torch
 
 from course_lib.optim.adafactor import Adafactor
+from optim_helpers import (
+    Transposed,
+    assert_same_state,
+    make_params,
+    run,
+    scaled_groups,
+    seeded_grads,
+    set_grads,
+    skips,
+    state_bytes,
+)
+
+# float64: torch's Adafactor keeps its step counter in the default dtype
+pytestmark = pytest.mark.usefixtures("float64")
 
 STEPS = 20
+SHAPES = ((4, 6), (5,), (), (2, 3, 4), Transposed(5, 3))
 
 
-@pytest.fixture(autouse=True)
-def float64_one_thread():
-    """float64 (torch's Adafactor keeps its step counter in the default dtype); one thread, since
-    these tensors are tiny and a second thread only waits for a busy core."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+def row_scales(i: int, p: torch.Tensor) -> Any:
+    """Rows of very different scales, so that the factoring matters."""
+    return torch.logspace(-2, 1, p.shape[0]).view(-1, *[1] * (p.dim() - 1)) if p.dim() else 1.0
 
 
-def make_params(seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    params = [
-        torch.randn(4, 6, generator=gen),
-        torch.randn(5, generator=gen),
-        torch.randn((), generator=gen),
-        torch.randn(2, 3, 4, generator=gen),
-        torch.randn(5, 3, generator=gen).t(),
-    ]
-    return [p.requires_grad_() for p in params]
+#: Seeded noise times the row scales plus a pull to zero; the scalar misses every third step, the vector
+#: the first two.
+GRADS = partial(seeded_grads, scale=row_scales, skip=skips(every_third=2, first_two=1))
 
 
-def set_grads(params: list[torch.Tensor], t: int) -> None:
-    """Seeded noise plus a pull to zero, with row scales that differ so the factoring matters."""
-    gen = torch.Generator().manual_seed(100 + t)
-    for i, p in enumerate(params):
-        noise = torch.randn(p.shape, generator=gen)
-        scale = torch.logspace(-2, 1, p.shape[0]).view(-1, *[1] * (p.dim() - 1)) if p.dim() else 1.0
-        skip = (i == 2 and t % 3 == 0) or (i == 1 and t < 2)
-        p.grad = None if skip else noise * scale + 0.5 * p.detach()
-
-
-def groups(params: list[torch.Tensor], config: dict[str, Any]) -> list[dict[str, Any]]:
-    second: dict[str, Any] = {"params": params[3:], "lr": config.get("lr", 1e-2) * 0.5}
-    if config.get("weight_decay"):
-        second["weight_decay"] = config["weight_decay"] * 2
-    return [{"params": params[:3]}, second]
-
-
-def run(make_opt: Callable[..., torch.optim.Optimizer], config: dict[str, Any], steps: int = STEPS):
-    params = make_params()
-    opt = make_opt(groups(params, config), **config)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + 0.1 * t))
-    for t in range(steps):
-        set_grads(params, t)
-        opt.step()
-        sched.step()
+def trajectory(make_opt: Callable[..., torch.optim.Optimizer], config: dict[str, Any], steps: int = STEPS):
+    params = make_params(SHAPES)
+    opt = make_opt(scaled_groups(params, config, split=3, default_lr=1e-2), **config)
+    run(opt, params, steps, grads=GRADS)
     return params, opt
 
 
@@ -86,28 +68,24 @@ TORCH_CONFIGS = [dict(zip(("weight_decay", "maximize"), v)) for v in product((0.
 
 @pytest.mark.parametrize("config", TORCH_CONFIGS, ids=config_id)
 def test_trajectory_and_state_match_torch_adafactor(config):
-    ours_params, ours = run(Adafactor, config)
-    ref_params, ref = run(lambda p, **c: torch.optim.Adafactor(p, foreach=False, **c), config)
+    ours_params, ours = trajectory(Adafactor, config)
+    ref_params, ref = trajectory(lambda p, **c: torch.optim.Adafactor(p, foreach=False, **c), config)
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-        mine, theirs = ours.state[p], ref.state[q]
-        assert set(mine) == set(theirs)
-        assert mine["step"] == theirs["step"].item()
-        for key in set(theirs) - {"step"}:
-            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-10, atol=1e-14)
+    assert_same_state(ours, ref, ours_params, ref_params, rtol=1e-10, atol=1e-14)
 
 
 def test_tensor_lr_matches_float_lr():
-    ours_params, _ = run(lambda p, **c: Adafactor(p, **{**c, "lr": torch.tensor(c["lr"])}), dict(lr=1e-2))
-    ref_params, _ = run(lambda p, **c: torch.optim.Adafactor(p, foreach=False, **c), dict(lr=1e-2))
+    ours_params, _ = trajectory(lambda p, **c: Adafactor(p, **{**c, "lr": torch.tensor(c["lr"])}), dict(lr=1e-2))
+    ref_params, _ = trajectory(lambda p, **c: torch.optim.Adafactor(p, foreach=False, **c), dict(lr=1e-2))
     for p, q in zip(ours_params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
 def test_factored_state_is_row_and_column_vectors():
-    params = make_params()
+    params = make_params(SHAPES)
     opt = Adafactor(params)
-    set_grads(params, 5)
+    set_grads(params, GRADS(params, 5))
     opt.step()
     shapes = {tuple(p.shape): {k: tuple(v.shape) for k, v in opt.state[p].items() if torch.is_tensor(v)}
               for p in params}
@@ -202,11 +180,6 @@ def test_where_eps1_enters_decides_the_step_for_tiny_gradients():
 
 # --- memory ---------------------------------------------------------------------------------------
 
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-               if torch.is_tensor(v) and v.dim() > 0)
-
-
 def test_factored_state_of_a_1024_square_matrix_is_two_vectors():
     torch.set_default_dtype(torch.float32)
     gen = torch.Generator().manual_seed(0)
@@ -221,66 +194,6 @@ def test_factored_state_of_a_1024_square_matrix_is_two_vectors():
     assert sizes["ours"] == sizes["torch"] == (1024 + 1024) * 4
     assert sizes["adam"] == 2 * 1024 * 1024 * 4
     assert sizes["adam"] / sizes["ours"] == 1024
-
-
-# --- integration ------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("config", [dict(weight_decay=0.1), dict(variant="paper", beta1=0.9)], ids=["torch", "paper"])
-def test_state_dict_survives_save_and_weights_only_load(config):
-    straight, _ = run(Adafactor, config, steps=16)
-    params, opt = run(Adafactor, config, steps=8)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    fresh = [p.detach().clone().requires_grad_() for p in params]
-    new = Adafactor(groups(fresh, config), **config)
-    new.load_state_dict(saved)
-    sched = torch.optim.lr_scheduler.LambdaLR(new, lambda t: 1 / (1 + 0.1 * t), last_epoch=7)
-    for t in range(8, 16):
-        set_grads(fresh, t)
-        new.step()
-        sched.step()
-    for p, q in zip(fresh, straight):
-        assert torch.equal(p, q)
-
-
-@pytest.mark.parametrize("variant", ["torch", "paper"])
-def test_fits_a_least_squares_problem(variant):
-    gen = torch.Generator().manual_seed(0)
-    x, w_true = torch.randn(64, 8, generator=gen), torch.randn(8, 3, generator=gen)
-    w = torch.zeros(8, 3, requires_grad=True)
-    opt = Adafactor([w], lr=0.3, variant=variant, beta1=0.9 if variant == "paper" else None)
-    losses = []
-    for _ in range(200):
-        opt.zero_grad()
-        loss = ((x @ w - x @ w_true) ** 2).mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 1e-3 * losses[0]
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(lr=-1.0), "lr"),
-        (dict(beta2_decay=0.1), "beta2_decay"),
-        (dict(eps=(-1.0, 1e-3)), r"eps\[0\]"),
-        (dict(eps=(None, -1.0)), r"eps\[1\]"),
-        (dict(eps=1e-3), "eps must be a pair"),
-        (dict(d=0.5), "d must be in"),
-        (dict(weight_decay=-0.1), "weight_decay"),
-        (dict(variant="hf"), "variant"),
-        (dict(beta1=1.0), "beta1"),
-    ],
-)
-def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        Adafactor([torch.zeros(2, requires_grad=True)], **kwargs)
-    opt = Adafactor([torch.zeros(2, requires_grad=True)])
-    with pytest.raises(ValueError, match=match):
-        opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], **kwargs})
 
 
 def test_complex_parameters_are_rejected():

@@ -2,7 +2,9 @@
 
 Oracles: a brute-force nearest-code quantizer (argmin over all 256 codes), Adam in float32 with
 its moments rounded through that quantizer after every step, torch.optim.Adam/AdamW (for small
-tensors, which keep full-precision state), and bitsandbytes' Adam8bit/AdamW8bit on the CPU.
+tensors, which keep full-precision state), and bitsandbytes' Adam8bit/AdamW8bit on the CPU (skipped
+where bitsandbytes is not installed). Bad hyperparameters and the properties every optimizer keeps
+are in test_contract.py.
 """
 
 from __future__ import annotations
@@ -21,15 +23,9 @@ from course_lib.optim.quantization import (
     signed_map,
     unsigned_map,
 )
+from optim_helpers import clones, state_bytes, weights_only_round_trip
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread only waits for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+BNB_ORACLE = "bitsandbytes is the test oracle for the 8-bit format and its drift"
 
 
 def nearest_code(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +109,6 @@ def test_unsigned_map_never_rounds_a_positive_value_to_zero():
 
 
 # --- memory ---------------------------------------------------------------------------------------
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-               if torch.is_tensor(v) and v.dim() > 0)
-
 
 def test_state_of_a_1024_square_matrix_takes_about_2_bytes_per_parameter():
     n = 1024 * 1024
@@ -244,7 +235,8 @@ def test_drift_from_fp32_adam_after_50_steps():
 # --- state_dict ----------------------------------------------------------------------------------
 
 def test_state_dict_round_trips_the_codes_exactly():
-    """Stop after 6 steps, save, load with weights_only=True, resume: the same as never stopping."""
+    """Stop after 6 steps, save, load with weights_only=True, resume: the same as never stopping; the codes
+    stay uint8 in the saved and in the loaded state, the scales and the small tensor's moments float32."""
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(64, 80, generator=gen), torch.randn(80, generator=gen)]  # 8-bit and fp32 state
     grads = [[torch.randn(p.shape, generator=gen) for p in start] for _ in range(12)]
@@ -263,46 +255,32 @@ def test_state_dict_round_trips_the_codes_exactly():
     first = [p.clone().requires_grad_() for p in start]
     opt = AdamW8bit(first, lr=1e-2)
     train(first, opt, 6)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = weights_only_round_trip(opt.state_dict())
     assert saved["state"][0]["exp_avg"].dtype == torch.uint8
     assert saved["state"][1]["exp_avg"].dtype == torch.float32
+    assert saved["state"][0]["exp_avg_absmax"].dtype == torch.float32
     for key in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
         assert torch.equal(saved["state"][0][key], opt.state[first[0]][key])
 
-    resumed = [p.detach().clone().requires_grad_() for p in first]
+    resumed = clones(first)
     new = AdamW8bit(resumed, lr=1e-2)
     for group in new.param_groups:
         group["initial_lr"] = group["lr"]  # as a scheduler created before the save would have left it
     new.load_state_dict(saved)
     assert new.state[resumed[0]]["exp_avg"].dtype == torch.uint8  # torch's loading would make it float
     assert new.state[resumed[0]]["exp_avg_sq"].dtype == torch.uint8
+    assert new.state[resumed[0]]["exp_avg_absmax"].dtype == torch.float32
+    assert new.state[resumed[1]]["exp_avg"].dtype == torch.float32
     train(resumed, new, 6, done=6)
     for p, q in zip(resumed, straight):
         assert torch.equal(p, q)
-
-
-# --- bad input --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [(dict(lr=-1.0), "lr"), (dict(betas=(0.9, 1.0)), r"betas\[1\]"), (dict(eps=-1.0), "eps"),
-     (dict(weight_decay=-0.1), "weight_decay"), (dict(blocksize=0), "blocksize"),
-     (dict(blocksize=64.0), "blocksize must be an integer"), (dict(min_8bit_size=-1), "min_8bit_size")],
-)
-def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
-    for cls in (Adam8bit, AdamW8bit):
-        with pytest.raises(ValueError, match=match):
-            cls([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 # --- against bitsandbytes -----------------------------------------------------------------------------
 
 def test_maps_equal_bitsandbytes_dynamic_maps():
     """Equal up to 2 units in the last place: bitsandbytes averages the bin edges in float32."""
-    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    bnb_functional = pytest.importorskip("bitsandbytes.functional", reason=BNB_ORACLE)
     for ours, signed in ((signed_map(), True), (unsigned_map(), False)):
         theirs = bnb_functional.create_dynamic_map(signed=signed)
         assert torch.equal(ours.sign(), theirs.sign())
@@ -316,7 +294,7 @@ def test_quantized_format_is_bitsandbytes_and_our_codes_are_never_farther():
     below about 2e-5 (x absmax), and elsewhere picks a farther neighbour for a few values in a
     hundred. Ours picks the nearest code, so never a farther one.
     """
-    bnb = pytest.importorskip("bitsandbytes")
+    bnb = pytest.importorskip("bitsandbytes", reason=BNB_ORACLE)
     for signed in (True, False):
         x = heavy_tailed((20_000,), seed=1)
         x = x if signed else x.abs()
@@ -341,7 +319,7 @@ def test_drift_from_fp32_adam_is_no_larger_than_bitsandbytes(ours, theirs_name, 
 
     The gradients are dense N(0, 0.01) noise, the setting of the 8-bit Adam comparison; the next test
     takes gradients that are tiny or zero on many steps."""
-    bnb = pytest.importorskip("bitsandbytes")
+    bnb = pytest.importorskip("bitsandbytes", reason=BNB_ORACLE)
     theirs = getattr(bnb.optim, theirs_name)
     reference = torch.optim.AdamW if config else torch.optim.Adam
     for seed in range(2):
@@ -383,7 +361,7 @@ def test_drift_with_rare_features_is_no_larger_than_bitsandbytes():
     (ours / theirs 0.88-0.90); the tolerance is 1.25 x bitsandbytes'. A quantizer that rounds such a
     coordinate's small v to 0 while its m is not 0 drifts 29-32, seventy times more: its next steps
     are m / eps."""
-    bnb = pytest.importorskip("bitsandbytes")
+    bnb = pytest.importorskip("bitsandbytes", reason=BNB_ORACLE)
     for seed in range(2):
         theta, grads = rare_feature_gradients(seed)
         final = {}
@@ -398,3 +376,44 @@ def test_drift_with_rare_features_is_no_larger_than_bitsandbytes():
         drift_ours = ((final["ours"] - final["fp32"]).norm() / moved).item()
         drift_bnb = ((final["bnb"] - final["fp32"]).norm() / moved).item()
         assert 0 < drift_ours <= 1.25 * drift_bnb, (drift_ours, drift_bnb)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_loaded_state_keeps_float32_scales_and_steps_like_the_saved_one(dtype):
+    """torch's loading casts floating-point state to the parameter's dtype; the absmax scales stay
+    float32 and the small tensors' moments stay at least float32, so a resumed run continues exactly."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 32, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype)]
+    grads = [[torch.randn(p.shape, generator=gen).to(dtype) for p in start] for _ in range(6)]
+
+    def make(params):
+        return Adam8bit(params, lr=1e-2, weight_decay=0.1, min_8bit_size=100, blocksize=64)
+
+    straight = [p.clone().requires_grad_() for p in start]
+    opt = make(straight)
+    for gs in grads:
+        for p, g in zip(straight, gs):
+            p.grad = g.clone()
+        opt.step()
+
+    first = [p.clone().requires_grad_() for p in start]
+    opt = make(first)
+    for gs in grads[:3]:
+        for p, g in zip(first, gs):
+            p.grad = g.clone()
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = [p.detach().clone().requires_grad_() for p in first]
+    again = make(resumed)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    big, small = again.state[resumed[0]], again.state[resumed[1]]
+    assert big["exp_avg"].dtype == torch.uint8 and big["exp_avg_absmax"].dtype == torch.float32
+    assert small["exp_avg"].dtype == torch.promote_types(dtype, torch.float32)
+    for gs in grads[3:]:
+        for p, g in zip(resumed, gs):
+            p.grad = g.clone()
+        again.step()
+    for p, q in zip(resumed, straight):
+        assert torch.equal(p, q)
