@@ -74,3 +74,28 @@ bench: venv
 
 clean:
 	rm -rf _build .jupyter_cache
+
+# ---- GPU nodes: PyTorch installed, no internet --------------------------------------------------
+# `make gpu-env` installs course_lib into GPU_PYTHON's environment beside the node's own torch,
+# without touching the network: no dependencies (--no-deps), no isolated build environment that
+# pip would fill from the index (--no-build-isolation: the node's setuptools builds it), no index
+# at all (--no-index). `make gpu-check` does the same into a scratch environment layered over
+# GPU_PYTHON's packages (nothing of GPU_PYTHON's changes), then runs benchmarks/gpu_check.py from
+# outside the checkout: a shortened gpu preset, a step-time breakdown and a probe of the paper's
+# shape, recorded in benchmarks/results/. Without a GPU it runs the same steps, small, on the CPU.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ENV ?= $(or $(TMPDIR),/tmp)/course-gpu-check-env
+GPU_PIP_FLAGS := --no-deps --no-build-isolation --no-index --disable-pip-version-check --quiet
+.PHONY: gpu-env gpu-check
+
+gpu-env:
+	@$(GPU_PYTHON) -c "import numpy, torch, setuptools, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(0 if v >= (2, 5) and int(setuptools.__version__.split('.')[0]) >= 64 else 1)" || \
+	  { echo "gpu-env needs torch >= 2.5, NumPy and setuptools >= 64 in $(GPU_PYTHON)'s environment (set GPU_PYTHON=/path/to/python)."; \
+	    echo "Without setuptools, course_lib also runs from this checkout as is: export PYTHONPATH=$(CURDIR)"; exit 1; }
+	$(GPU_PYTHON) -m pip install $(GPU_PIP_FLAGS) -e .
+	@cd / && $(GPU_PYTHON) -c "import course_lib, torch; print(f'course_lib from {course_lib.__path__[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else None}')"
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/offline_env.py $(GPU_CHECK_ENV)
+	$(GPU_CHECK_ENV)/bin/python -m pip install $(GPU_PIP_FLAGS) --quiet --ignore-installed -e .
+	cd $(GPU_CHECK_ENV) && ./bin/python $(CURDIR)/benchmarks/gpu_check.py --out $(CURDIR)/benchmarks/results

@@ -4,6 +4,7 @@
     python benchmarks/bench_optim_step.py --device cuda        # adds torch's fused kernel
     python benchmarks/bench_optim_step.py --repeats 60 --out results.json --out results.md
     python benchmarks/bench_optim_step.py --scale 0.02 --repeats 3   # tiny shapes: a check that it runs
+    python benchmarks/bench_optim_step.py --busy 1             # with one competing busy process
 
 The parameters have the shapes of a small GPT-2 (6 layers, width 512, 20480-token vocabulary,
 context 512): 76 float32 tensors, 29.7M parameters, from 512 values (a LayerNorm) to 10.5M (the
@@ -265,7 +266,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"AdamW step on {report['n_tensors']} float32 tensors, {report['n_params'] / 1e6:.1f}M parameters, "
         f"{report['device_name']}, torch {report['torch']}, {report['threads']} threads "
-        f"(load average {report['load_average'][0]:.1f} before, {report['load_average'][1]:.1f} after). "
+        f"(load average {report['load_average'][0]:.1f} before, {report['load_average'][1]:.1f} after"
+        f"{'; ' + str(report.get('busy_processes')) + ' competing busy process(es)' if report.get('busy_processes') else ''}). "
         f"Median of {report['repeats']} steps each, taken in turns. "
         f"Copy bandwidth (read + write): {report['copy_bandwidth_GBps']:.1f} GB/s.",
         "",
@@ -309,8 +311,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply width, vocabulary, context and the copy by this, in (0, 1] (default: 1)")
     parser.add_argument("--out", action="append", default=[], help="write the table to this .json or .md file")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="competing processes that spin on a core while the steps are timed (default: 0)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.busy < 0:
+        parser.error(f"--busy must be >= 0, got {args.busy}")
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 (a median and quartiles need two samples), got {args.repeats}")
     if not 0 < args.scale <= 1:
@@ -329,7 +335,14 @@ def main() -> None:
     shapes = scaled_shapes(args.scale)
     n_params = sum(torch.Size(s).numel() for s in shapes)
     memory = {name: measure_memory(name, args) for name in names}
-    times, faults, paths, copy_bw = time_interleaved(names, device, args.repeats, args.warmup, tile_size, args.scale)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        times, faults, paths, copy_bw = time_interleaved(names, device, args.repeats, args.warmup, tile_size,
+                                                         args.scale)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python " + shlex.join(sys.argv),
@@ -342,6 +355,7 @@ def main() -> None:
         "n_params": n_params,
         "scale": args.scale,
         "repeats": args.repeats,
+        "busy_processes": args.busy,
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")],
         "copy_bandwidth_GBps": copy_bw / 1e9,
         "rows": summarize(times, faults, paths, memory, n_params, copy_bw),

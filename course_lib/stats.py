@@ -73,7 +73,7 @@ def t_quantile(prob: float, df: int) -> float:
 
 
 def paired_comparison(diffs: Sequence[float], control_diffs: Sequence[float] | None = None,
-                      confidence: float = 0.95) -> dict[str, Any]:
+                      confidence: float = 0.95, min_control_rms: float = 1e-4) -> dict[str, Any]:
     """Is a variant's loss different from the baseline's? ``diffs``: variant minus baseline, one per seed.
 
     Two tests, both at ``confidence``; the verdict is ``"higher"`` or ``"lower"`` (the
@@ -83,22 +83,31 @@ def paired_comparison(diffs: Sequence[float], control_diffs: Sequence[float] | N
     1. the paired t-test: ``|mean|`` must exceed ``t * sd / sqrt(n)``, with ``t`` the
        quantile of Student's t with ``n - 1`` degrees of freedom (``half_width``);
     2. the control: ``control_diffs`` are the control variant's differences from the same
-       baseline runs, a change that does nothing, so they show how far apart two runs land
+       baseline runs, a change too small to matter, so they show how far apart two runs land
        by chance alone. Their root mean square about zero, ``control_rms``, estimates that
        noise with ``len(control_diffs)`` degrees of freedom, independently of the variant's
        own (perhaps luckily small) spread; ``|mean|`` must also exceed
        ``t * control_rms / sqrt(n)`` (``control_half_width``). This is approximate: the
        control's and the variant's differences share the baseline's runs.
 
+    A control whose runs ended where the baseline's did (``control_rms`` below
+    ``min_control_rms``, a ten-thousandth of a nat by default) has not drifted apart from
+    them: its spread measures rounding, not chance, and a yardstick of about zero would let
+    the t-test decide alone. Then there is no verdict: ``"no yardstick"``, and
+    ``beyond_control`` is ``None``.
+
     Returns ``n``, ``mean``, ``sd``, ``half_width``, ``control_rms``,
     ``control_half_width`` (``None`` without a control), ``significant`` (test 1),
-    ``beyond_control`` (test 2; ``None`` without a control) and ``verdict``.
+    ``beyond_control`` (test 2; ``None`` without a usable control), ``verdict`` and
+    ``note`` (the verdict in a sentence).
     """
     d = [float(x) for x in diffs]
     if not d or not all(math.isfinite(x) for x in d):
         raise ValueError(f"diffs must hold at least one finite number, got {list(diffs)!r}")
     if not (isinstance(confidence, float) and 0 < confidence < 1):
         raise ValueError(f"confidence must be a float in (0, 1), got {confidence!r}")
+    if not (isinstance(min_control_rms, (int, float)) and math.isfinite(min_control_rms) and min_control_rms >= 0):
+        raise ValueError(f"min_control_rms must be a finite number >= 0, got {min_control_rms!r}")
     n = len(d)
     upper = 1 - (1 - confidence) / 2
     mean = sum(d) / n
@@ -109,17 +118,32 @@ def paired_comparison(diffs: Sequence[float], control_diffs: Sequence[float] | N
         out["sd"] = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
         out["half_width"] = t_quantile(upper, n - 1) * out["sd"] / math.sqrt(n)
         out["significant"] = abs(mean) > out["half_width"]
+    quiet_control = False
     if control_diffs is not None:
         c = [float(x) for x in control_diffs]
         if not c or not all(math.isfinite(x) for x in c):
             raise ValueError(f"control_diffs must hold at least one finite number, got {list(control_diffs)!r}")
         out["control_rms"] = math.sqrt(sum(x * x for x in c) / len(c))
         out["control_half_width"] = t_quantile(upper, len(c)) * out["control_rms"] / math.sqrt(n)
-        out["beyond_control"] = abs(mean) > out["control_half_width"]
+        quiet_control = out["control_rms"] < min_control_rms
+        if not quiet_control:
+            out["beyond_control"] = abs(mean) > out["control_half_width"]
+    t_text = f"t interval +-{out['half_width']:.2g}"
     if n < 2:
         out["verdict"] = "too few seeds"
+        out["note"] = "one seed: no spread, no verdict"
+    elif quiet_control:
+        out["verdict"] = "no yardstick"
+        out["note"] = (f"the control's runs ended within {out['control_rms']:.1g} (rms) of the baseline's: they did "
+                       f"not drift apart, so they do not measure chance, and there is no verdict")
     elif out["significant"] and out["beyond_control"] is not False:
         out["verdict"] = "higher" if mean > 0 else "lower"
+        control_text = ("" if out["beyond_control"] is None
+                        else f" and the control's noise +-{out['control_half_width']:.2g}")
+        out["note"] = f"mean {mean:+.4g} lies beyond the {t_text}{control_text}"
     else:
         out["verdict"] = "none"
+        failed = (f"the {t_text}" if not out["significant"]
+                  else f"the control's noise +-{out['control_half_width']:.2g}")
+        out["note"] = f"mean {mean:+.4g} lies within {failed}: no difference detectable with {n} seeds"
     return out

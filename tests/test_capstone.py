@@ -32,7 +32,7 @@ from course_lib.capstone import (
     t_cdf,
     t_quantile,
 )
-from course_lib.models import QwenConfig, count_parameters
+from course_lib.models import QwenConfig, QwenLM, count_parameters
 from course_lib.capstone.method import paper_eps
 from course_lib.train import Callback
 
@@ -107,8 +107,38 @@ def test_the_variants_share_initial_weights_and_data_and_differ_in_the_optimizer
     eps = {v: {g["eps"] for g in opt.param_groups} for v, opt in optimizers.items()}
     assert eps["adamw"] == eps["multipliers_only"] == {1e-8}
     assert eps["eps_only"] == eps["layer_adaptive"] == {paper_eps(3)}
-    control = load_run("control", 0, cfg) if run_variant("control", 0, cfg) else None
-    assert {g["eps"] for g in control[1].param_groups} == {1e-8 * (1 + 1e-6)}
+    run_variant("control", 0, cfg)
+    control = load_run("control", 0, cfg)[1]
+    assert {g["eps"] for g in control.param_groups} == {1e-8}  # the control's optimizer is AdamW's
+    assert {g["lr_mult"] for g in control.param_groups} == {1.0}
+
+
+def test_the_control_nudges_each_initial_weight_by_one_ulp_and_always_differs(tmp_path, data_dir):
+    torch.manual_seed(7)
+    model = QwenLM(QwenConfig.preset("smoke"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_state = torch.get_rng_state()
+    capstone.nudge_weights_(model, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # a generator of its own: the run's randomness is untouched
+    ups = downs = 0
+    for name, after in model.state_dict().items():
+        old = before[name]
+        zero = old == 0
+        assert torch.equal(after[zero], old[zero]), name  # zeros (initial biases) stay zero
+        up = torch.nextafter(old, torch.full_like(old, math.inf))
+        down = torch.nextafter(old, torch.full_like(old, -math.inf))
+        moved = ~zero
+        assert bool(((after == up) | (after == down))[moved].all()), name  # exactly one ulp, one way or the other
+        ups += int((after == up)[moved].sum())
+        downs += int((after == down)[moved].sum())
+    assert ups > 0.45 * (ups + downs) and downs > 0.45 * (ups + downs)  # a fair coin per entry
+    # the nudge always acts: every seed's control run ends with other weights than the baseline's
+    cfg = tiny(tmp_path, data_dir, steps=4, eval_every=4, probe_every=None, checkpoint_every=None)
+    for seed in range(3):
+        run_variant("adamw", seed, cfg)
+        run_variant("control", seed, cfg)
+        a, b = final_weights(cfg, "adamw", seed), final_weights(cfg, "control", seed)
+        assert all(not torch.equal(a[k], b[k]) for k in a if a[k].count_nonzero() > 0), seed
 
 
 def test_baseline_is_torch_adamw_bit_for_bit(tmp_path, data_dir):
@@ -189,7 +219,17 @@ def test_each_process_gets_its_slice_of_the_same_batch(data_dir):
         StepBatches(tokens, tiny(Path("unused"), data_dir, batch_size=5), 64, seed=0, world=2)
 
 
-def test_ddp_with_two_gloo_processes_equals_one_process(tmp_path, data_dir):
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_across_two_nodes_of_one_gloo_process_each_equals_one_process(tmp_path, data_dir):
+    """The multi-node launch of book/capstone_gpu.md, on one machine: two torchrun agents (two "nodes",
+    one CPU process each) meet at a c10d rendezvous and train through ``python -m course_lib.capstone``."""
     settings = dict(steps=6, batch_size=4, eval_every=3, probe_every=3, checkpoint_every=None)
     single_cfg = tiny(tmp_path / "single", data_dir, **settings)
     single = run_variant("layer_adaptive", 0, single_cfg)
@@ -197,13 +237,26 @@ def test_ddp_with_two_gloo_processes_equals_one_process(tmp_path, data_dir):
     out = tmp_path / "ddp"
     overrides = [f"{k}={json.dumps(v)}" for k, v in {**TINY, **settings}.items()
                  if k != "steps" and v is not None]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "course_lib.capstone", "--preset", "smoke", "--out-dir", str(out),
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "capstone-test"]
+    program = ["-m", "course_lib.capstone", "--preset", "smoke", "--out-dir", str(out),
                "--data-dir", data_dir, "--variants", "layer_adaptive", "--seeds", "0",
                "--steps", "6", "--set", "max_bytes=300000", "micro_batch_size=1", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COURSE_DEVICE": "cpu"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    sinks = [open(log, "w") for log in logs]
+    try:
+        nodes = [subprocess.Popen([*launcher, *program], env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+                 for sink in sinks]
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in locals().get("nodes", []):
+            if node.poll() is None:
+                node.kill()
+        for sink in sinks:
+            sink.close()
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
 
     merged = json.loads((out / "results.json").read_text())["runs"]
     assert [(r["name"], r["seed"], r["world_size"]) for r in merged] == [("layer_adaptive", 0, 2)]
@@ -264,6 +317,32 @@ def test_config_presets_and_overrides():
         run_variant("sgd", 0, capstone_config("smoke"))
     with pytest.raises(ValueError, match="every"):
         EpsProbe(0)
+    for bad, name in [(dict(clip_norm=-1.0), "clip_norm"), (dict(compile_mode="fastest"), "compile_mode"),
+                      (dict(prefetch=-1), "prefetch"), (dict(sync_every=0), "sync_every"),
+                      (dict(steps=0), "steps"), (dict(lr=float("nan")), "lr"), (dict(seeds=[-1]), "seeds"),
+                      (dict(betas=(0.9, 1.0)), "betas"), (dict(precision="fp8"), "precision")]:
+        with pytest.raises(ValueError, match=name):
+            capstone_config("smoke", **bad)
+
+
+def test_clipping_is_a_setting_and_zero_turns_it_off(tmp_path, data_dir):
+    assert capstone.PRESETS["paper"]["clip_norm"] == 0  # the paper's setup names no clipping
+    settings = dict(steps=6, eval_every=6, probe_every=None, checkpoint_every=None)
+    clipped = run_variant("adamw", 0, tiny(tmp_path / "clip", data_dir, clip_norm=0.05, **settings))
+    off = run_variant("adamw", 0, tiny(tmp_path / "off", data_dir, clip_norm=0, **settings))
+    huge = run_variant("adamw", 0, tiny(tmp_path / "huge", data_dir, clip_norm=1e9, **settings))
+    assert off["train_loss"] == huge["train_loss"]  # a threshold never reached is no clipping
+    assert off["train_loss"] != clipped["train_loss"]
+    assert off["config"]["clip_norm"] == 0 and clipped["config"]["clip_norm"] == 0.05
+    with pytest.raises(SystemExit):
+        capstone.main(["--out-dir", str(tmp_path / "x"), "--set", "clip_norm=null"])
+
+
+def test_sync_points_fall_on_every_evaluation_and_probe():
+    assert capstone.run.sync_every(capstone_config("gpu")) == 200
+    assert capstone.run.sync_every(capstone_config("smoke", eval_every=20, probe_every=15)) == 5
+    assert capstone.run.sync_every(capstone_config("smoke", probe_every=14, eval_every=7)) == 7
+    assert capstone.run.sync_every(capstone_config("smoke", sync_every=3)) == 3
 
 
 def test_merge_collects_finished_runs_into_results_json(tmp_path, data_dir):
@@ -271,10 +350,65 @@ def test_merge_collects_finished_runs_into_results_json(tmp_path, data_dir):
     for variant in ["eps_only", "adamw"]:
         run_variant(variant, 0, cfg)
     assert capstone.main(["--merge-only", "--out-dir", str(tmp_path)]) == 0
-    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    record = json.loads((tmp_path / "results.json").read_text())
+    runs = record["runs"]
     assert [(r["name"], r["seed"]) for r in runs] == [("adamw", 0), ("eps_only", 0)]
     assert runs == merge_results(tmp_path, write=False)["runs"]
     assert all("train_loss" not in r and math.isfinite(r["val_loss"]) for r in runs)
+
+
+def test_results_json_is_a_complete_record_and_the_table_is_rebuilt_from_it_alone(tmp_path, data_dir, capsys):
+    cfg = tiny(tmp_path, data_dir, steps=3, eval_every=3, probe_every=None, checkpoint_every=None)
+    for variant in ["adamw", "multipliers_only", "control"]:
+        for seed in (0, 1):
+            run_variant(variant, seed, cfg)
+    record = merge_results(tmp_path)
+    assert record["format"] == capstone.report.RECORD_FORMAT
+    # the resolved settings, the commit and where it ran
+    assert record["config"]["lr"] == cfg.lr and record["config"]["steps"] == 3
+    assert record["config"]["model"] == {"preset": "smoke"} and record["config_differs"] == []
+    env = record["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cuda"] == torch.version.cuda
+    assert "commit" in env and "dirty" in env
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        assert env["commit"] == head
+    # each variant's verdict, with its interval, computed from the runs in the file
+    loss = {(r["name"], r["seed"]): r["val_loss"] for r in record["runs"]}
+    c = record["comparisons"]["multipliers_only"]
+    want = paired_comparison([loss["multipliers_only", s] - loss["adamw", s] for s in (0, 1)],
+                             [loss["control", s] - loss["adamw", s] for s in (0, 1)])
+    assert c["verdict"] == want["verdict"] and c["mean"] == pytest.approx(want["mean"])
+    assert c["interval"] == pytest.approx([want["mean"] - want["half_width"], want["mean"] + want["half_width"]])
+    assert c["seeds"] == [0, 1] and c["control_seeds"] == [0, 1] and c["note"]
+    assert record["comparisons"]["control"]["control_rms"] is None  # the control is not its own yardstick
+    # the table from the file alone: the runs' folders may be gone
+    table = capstone.summary_table(tmp_path)
+    import shutil
+    shutil.rmtree(tmp_path / "runs")
+    assert capstone.main(["--summarize", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert printed == table
+    for variant in ("adamw", "multipliers_only", "control"):
+        assert variant in printed
+    assert f"{c['mean']:+.4f}" in printed and c["verdict"] in printed
+    assert torch.__version__ in printed and "preset 'smoke'" in printed
+    with pytest.raises(SystemExit):
+        capstone.main(["--summarize", str(tmp_path / "nowhere")])
+    assert "no results file" in capsys.readouterr().err
+
+
+def test_no_verdict_across_runs_with_other_settings(tmp_path, data_dir):
+    base = dict(steps=2, eval_every=2, probe_every=None, checkpoint_every=None)
+    for seed in (0, 1):
+        run_variant("adamw", seed, tiny(tmp_path, data_dir, **base))
+        run_variant("eps_only", seed, tiny(tmp_path, data_dir, lr=2e-2, **base))
+        # how fast it went is not a setting of the run: it does not block a verdict
+        run_variant("control", seed, tiny(tmp_path, data_dir, prefetch=1, **base))
+    record = merge_results(tmp_path, write=False)
+    assert record["config"]["lr"] == "varies" and set(record["config_differs"]) == {"lr", "prefetch"}
+    assert record["comparisons"]["eps_only"]["verdict"] == "settings differ"
+    assert "lr" in record["comparisons"]["eps_only"]["note"]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -345,6 +479,8 @@ def test_statistics_reject_bad_input():
         paired_comparison([0.1, 0.2], [])
     with pytest.raises(ValueError, match="confidence"):
         paired_comparison([0.1, 0.2], confidence=1.0)
+    with pytest.raises(ValueError, match="min_control_rms"):
+        paired_comparison([0.1, 0.2], [0.1], min_control_rms=-1)
 
 
 def test_paired_comparison_is_a_t_test_and_asks_the_control():
@@ -371,6 +507,19 @@ def test_paired_comparison_is_a_t_test_and_asks_the_control():
     assert two_se["mean"] / (two_se["sd"] / math.sqrt(3)) == pytest.approx(2.0)
     assert abs(two_se["mean"]) < two_se["half_width"] and two_se["verdict"] == "none"
     assert paired_comparison([0.03])["verdict"] == "too few seeds"
+
+
+@pytest.mark.parametrize("control_diffs", [[0.0, 0.0, 0.0], [2e-6, -1e-6, 0.0]])
+def test_a_control_that_did_not_drift_is_no_yardstick(control_diffs):
+    d = [0.020, 0.025, 0.030]  # the t-test alone would call this "higher"
+    c = paired_comparison(d, control_diffs=control_diffs)
+    assert c["significant"] and c["control_rms"] < 1e-4
+    assert c["beyond_control"] is None and c["verdict"] == "no yardstick"
+    assert "did not drift apart" in c["note"]
+    # a threshold of 0 takes any spread at face value (and the t-test then decides)
+    assert paired_comparison(d, control_diffs=control_diffs, min_control_rms=0.0)["verdict"] == "higher"
+    # with too few seeds there is no verdict either way
+    assert paired_comparison([0.03], control_diffs=control_diffs)["verdict"] == "too few seeds"
 
 
 # ----------------------------------------------------------------------------- logging

@@ -2,9 +2,11 @@
 
 Equivalent to ``papermill lessons/12_capstone_layer_adaptive_adamw.ipynb OUT.ipynb -p preset smoke
 -p out_dir DIR``; the test checks that ``DIR/results.json`` holds every variant and seed with a
-finite validation loss, and reports how long the notebook took and how long each of its cells
-took (papermill records both). The report goes to the terminal whatever the capture mode (no
-``-s`` needed), into the JUnit XML as properties, and into pytest's cache, where
+finite validation loss, the settings, the environment and every verdict, and that the summary
+table is rebuilt from that file alone (``python -m course_lib.capstone --summarize DIR``). It
+reports how long the notebook took and how long each of its cells took (papermill records both).
+The report goes to the terminal whatever the capture mode (no ``-s`` needed), into the JUnit XML
+as properties, and into pytest's cache, where
 ``pytest --cache-show 'capstone/*'`` shows the last measurement. Speed is reported, never
 asserted.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from course_lib.capstone import PAPER_VARIANTS, PRESETS
+from course_lib.capstone import summary_table as summarize
 
 papermill = pytest.importorskip("papermill")
 
@@ -57,10 +60,22 @@ def test_smoke_preset_runs_under_papermill_and_writes_results(tmp_path, record_p
         print(f"\n[capstone papermill, smoke preset] {seconds:.1f} s in all; slowest cells: "
               + "; ".join(f"{t:.1f} s {line!r}" for t, line in slowest))
 
-    runs = json.loads((out_dir / "results.json").read_text())["runs"]
+    record = json.loads((out_dir / "results.json").read_text())
+    runs = record["runs"]
     expected = {(v, s) for v in [*PAPER_VARIANTS, "control"] for s in PRESETS["smoke"]["seeds"]}
     assert {(r["name"], r["seed"]) for r in runs} == expected
     for r in runs:
         assert math.isfinite(r["val_loss"]), r["name"]
         assert r["tokens_per_s"] > 0 and r["steps"] == PRESETS["smoke"]["steps"]
         assert r["mfu"] is None or 0 < r["mfu"] < 1
+    # the complete record: settings, commit and environment, every variant's verdict with its interval
+    assert record["config"]["preset"] == "smoke" and record["config"]["steps"] == PRESETS["smoke"]["steps"]
+    assert {"commit", "torch", "cuda", "device", "device_name"} <= set(record["environment"])
+    assert set(record["comparisons"]) == {"layer_adaptive", "multipliers_only", "eps_only", "control"}
+    for c in record["comparisons"].values():
+        assert c["verdict"] in ("higher", "lower", "none", "no yardstick") and c["interval"] is not None
+    # the table, rebuilt from the file alone
+    table = summarize(out_dir)
+    assert all(v in table for v in [*PAPER_VARIANTS, "control"])
+    with capsys.disabled():
+        print(table)

@@ -11,7 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib.models import PRESETS, QwenConfig, QwenLM, count_parameters, flops_per_token, lm_loss
-from course_lib.models.qwen import Attention, RMSNorm, apply_rope, rope_cos_sin
+from course_lib.models.qwen import (Attention, RMSNorm, apply_rope, gqa_kernel_applies, linear_cross_entropy,
+                                    rope_cos_sin)
 
 TINY = QwenConfig(vocab_size=61, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48,
                   max_seq_len=16)
@@ -254,3 +255,108 @@ def test_unknown_preset_and_bad_seq_len_are_rejected():
         QwenConfig.preset("huge")
     with pytest.raises(ValueError, match="seq_len"):
         flops_per_token(TINY, seq_len=0)
+
+
+# ----------------------------------------------------------------------------- the loss inside the model
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+def test_linear_cross_entropy_equals_cross_entropy_of_the_logits(dtype, tol, chunk):
+    """Oracle: F.cross_entropy on the full logits, and autograd through it."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(50, 16, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(61, 16, generator=g, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 61, (50,), generator=g)
+    ours = linear_cross_entropy(hidden, weight, targets, chunk)
+    (2.5 * ours).backward()  # a gradient from above is passed through
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    want = torch.nn.functional.cross_entropy(hidden @ weight.T, targets)
+    (2.5 * want).backward()
+    torch.testing.assert_close(ours, want, rtol=tol, atol=tol)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(got[1], weight.grad, rtol=tol, atol=tol)
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk), want, rtol=tol, atol=tol)
+
+
+def test_linear_cross_entropy_under_bf16_autocast_matches_float32_logits():
+    """The logits come from a bf16 matmul, as in training on a GPU; the softmax runs in float32 in both."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(40, 32, generator=g, requires_grad=True)
+    weight = torch.randn(97, 32, generator=g, requires_grad=True) * 0.1
+    weight = weight.detach().requires_grad_()
+    targets = torch.randint(0, 97, (40,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, targets, chunk=16)
+        logits = hidden @ weight.T
+    ours.backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    want = torch.nn.functional.cross_entropy(logits.float(), targets)
+    want.backward()
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, want, rtol=1e-6, atol=1e-6)  # the same bf16 logits, the same float32 softmax
+    torch.testing.assert_close(got[0], hidden.grad, rtol=2e-2, atol=1e-4)  # bf16 products, summed per chunk
+    torch.testing.assert_close(got[1], weight.grad, rtol=2e-2, atol=1e-4)
+
+
+def test_the_model_given_targets_returns_the_loss_of_its_logits():
+    model = tiny_model()
+    ids = torch.randint(0, TINY.vocab_size, (3, 16), generator=torch.Generator().manual_seed(6))
+    x, y = ids[:, :-1], ids[:, 1:]
+    loss = model(x, y)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    want = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    for name, p in model.named_parameters():  # the tied embedding gets both of its gradients
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert lm_loss(model(x), y).item() == pytest.approx(loss.item(), rel=1e-6)  # lm_loss works in float32
+    with pytest.raises(ValueError, match="targets"):
+        model(x, y[:, :-1])
+
+
+def test_linear_cross_entropy_rejects_bad_input():
+    h, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="share d"):
+        linear_cross_entropy(h, torch.randn(5, 2), t)
+    with pytest.raises(ValueError, match="targets"):
+        linear_cross_entropy(h, w, t[:3])
+    with pytest.raises(ValueError, match="chunk"):
+        linear_cross_entropy(h, w, t, chunk=0)
+
+
+def test_sdpas_grouped_query_kernel_equals_repeated_kv_heads():
+    """Oracle: the same attention with each key/value head repeated (repeat_interleave) and plain SDPA."""
+    torch.manual_seed(8)
+    attn = Attention(TINY).double()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 10, TINY.d_model, dtype=torch.float64)
+    cos, sin = rope_cos_sin(10, TINY.head_dim, dtype=torch.float64)
+    attn.gqa_kernel = True  # scaled_dot_product_attention(..., enable_gqa=True), even on a CPU
+    kernel = attn(x, cos, sin)
+    attn.gqa_kernel = False
+    repeated = attn(x, cos, sin)
+    torch.testing.assert_close(kernel, repeated, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kernel, naive_attention(attn, x), rtol=1e-10, atol=1e-12)
+    # the automatic choice: the kernel on a CUDA GPU in half precision only (where FlashAttention serves it)
+    assert not gqa_kernel_applies(torch.zeros(1, 2, 3, 4))
+    assert not gqa_kernel_applies(torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gqa_kernel_on_the_gpu_matches_repeated_heads_in_bf16():
+    torch.manual_seed(9)
+    attn = Attention(QwenConfig.preset("gpu")).cuda()
+    x = torch.randn(2, 128, 512, device="cuda")
+    cos, sin = rope_cos_sin(128, attn.head_dim, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        auto = attn(x, cos, sin)
+        attn.gqa_kernel = False
+        repeated = attn(x, cos, sin)
+    torch.testing.assert_close(auto.float(), repeated.float(), rtol=2e-2, atol=2e-2)

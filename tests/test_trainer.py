@@ -1,6 +1,7 @@
 """course_lib.train.trainer: accumulation, clipping, precision, schedules, NaN stops, callbacks, exact resume."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -546,6 +547,8 @@ def test_plain_iterables_work_and_resume_by_skipping():
         ({"epochs": 1, "scheduler_interval": "batch"}, "scheduler_interval"),
         ({"epochs": 1, "checkpoint_every": 5}, "checkpoint_path"),
         ({"epochs": 1, "max_skipped_steps": 0}, "max_skipped_steps must be >= 1 or None, got 0"),
+        ({"epochs": 1, "sync_every": 0}, "sync_every"),
+        ({"epochs": 1, "sync_every": 2.5}, "sync_every"),
     ],
 )
 def test_bad_config_raises_value_error(kwargs, match):
@@ -567,3 +570,101 @@ def test_validation_data_may_be_seeded_batches():
                       TrainConfig(epochs=1), val_data=SeededBatches(data, batch_size=4))
     assert trainer.fit()["val_loss"] == [pytest.approx(evaluate(model, [data[:]], mse), rel=1e-12)]
     assert len(history["loss"]) == 2
+
+
+# ----------------------------------------------------------------------------- host syncs and step time
+
+
+def test_clip_grad_norm_with_a_measured_norm_equals_clip_grad_norm_bit_for_bit():
+    from course_lib.train.trainer import clip_grad_norm_with_
+
+    for max_norm in (0.05, 1e6):  # clipped, and a threshold never reached
+        a, b = mlp(5, dtype=torch.float32), mlp(5, dtype=torch.float32)
+        for model in (a, b):
+            mse(model, regression(8, dtype=torch.float32)[:]).backward()
+        params = [p for p in a.parameters()]
+        norm = grad_norm(params)
+        clip_grad_norm_with_(params, max_norm, norm)
+        want = torch.nn.utils.clip_grad_norm_(b.parameters(), max_norm)
+        assert torch.equal(norm, want)
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p.grad, q.grad)
+
+
+def sync_run(sync_every, max_steps=10, seen=None, **config):
+    model = mlp(7, dtype=torch.float32, dropout=0.3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = SeededBatches(regression(30, dtype=torch.float32), batch_size=4, seed=9)
+    callbacks = [] if seen is None else [lambda t: seen.append((t.step, len(t.history["loss"])))]
+    trainer = Trainer(model, opt, mse, data, TrainConfig(max_steps=max_steps, sync_every=sync_every, clip_norm=0.5,
+                                                          accumulation=2, **config),
+                      scheduler=WarmupCosineLR(opt, 2, max_steps), val_data=[regression(6, dtype=torch.float32)[:]],
+                      callbacks=callbacks)
+    torch.manual_seed(0)
+    return trainer, trainer.fit()
+
+
+def test_reading_the_loss_back_every_few_steps_changes_nothing_but_when():
+    seen = []
+    every_step, h1 = sync_run(1, eval_every=5)
+    batched, h4 = sync_run(4, eval_every=5, seen=seen)
+    for key in ("step", "epoch", "loss", "lr", "grad_norm", "examples", "eval_step", "val_loss"):
+        assert h1[key] == h4[key], key
+    assert_params_close(every_step.model, batched.model, rtol=0)
+    # read back at steps 4 and 8 (sync_every), 5 and 10 (evaluations, the end): in between the history lags
+    assert seen == [(1, 0), (2, 0), (3, 0), (4, 4), (5, 5), (6, 5), (7, 5), (8, 8), (9, 8), (10, 10)]
+
+
+def test_with_deferred_reads_a_nan_stops_the_run_at_the_next_read_naming_its_step():
+    X = torch.randn(12, 4, dtype=torch.float64)
+    X[7, 0] = float("nan")  # in the third batch of 3
+    data = SeededBatches(TensorDataset(X, torch.zeros(12, 2, dtype=torch.float64)), batch_size=3, shuffle=False)
+    with pytest.raises(FloatingPointError, match="step 3: the loss is nan"):
+        run(mlp(), data, max_steps=4, sync_every=4)
+
+
+class SlowBatches:
+    """Resumable batches that take ``delay`` seconds each to draw."""
+
+    def __init__(self, data, delay):
+        self.inner, self.delay = SeededBatches(data, batch_size=4, seed=0), delay
+
+    def batches(self, epoch, start=0):
+        for batch in self.inner.batches(epoch, start):
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_a_steps_time_includes_drawing_its_batches():
+    delay = 0.05
+    history = run(mlp(), SlowBatches(regression(32), delay), max_steps=4, accumulation=2, tokens_per_example=10)
+    seconds = [n / r for n, r in zip([8, 8, 8, 8], history["examples_per_s"])]
+    assert all(s >= 2 * delay for s in seconds)  # two micro-batches of 50 ms each per step
+    assert history["tokens_per_s"] == pytest.approx([10 * r for r in history["examples_per_s"]])
+
+
+def test_the_trainer_runs_without_tqdm():
+    """A GPU node's environment may lack tqdm: then there is no progress bar, and nothing else changes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys
+sys.modules["tqdm"] = sys.modules["tqdm.auto"] = None  # import tqdm now fails
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from course_lib.data import SeededBatches
+from course_lib.train import TrainConfig, Trainer, supervised_loss
+model = nn.Linear(3, 1)
+data = SeededBatches(TensorDataset(torch.randn(8, 3), torch.randn(8, 1)), batch_size=4)
+history = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), supervised_loss(nn.functional.mse_loss),
+                  data, TrainConfig(epochs=2, progress=True)).fit()
+print(len(history["loss"]))
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr[-2000:]

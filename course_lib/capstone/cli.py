@@ -18,7 +18,8 @@ from .config import PRESETS, capstone_config
 from .data import prepare_data
 from .distributed import world
 from .method import PAPER_VARIANTS, VARIANTS
-from .run import merge_results, run_variant
+from .report import merge_results, summary_table
+from .run import run_variant
 
 
 def _parse_value(raw: str) -> Any:
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train the capstone's optimizer variants and write <out-dir>/results.json. "
                     "Under torchrun every process trains its slice of each batch (DDP).")
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--out-dir", help="where the runs and results.json go (required unless --summarize)")
     parser.add_argument("--data-dir", default=None, help="token shards (default: <out-dir>/data)")
     parser.add_argument("--variants", nargs="+", default=[*PAPER_VARIANTS, "control"],
                         choices=sorted(VARIANTS))
@@ -45,7 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override any setting, values in JSON: lr=1e-3 'model={\"n_layers\": 4}'")
     parser.add_argument("--prepare-only", action="store_true", help="build the token shards and stop")
     parser.add_argument("--merge-only", action="store_true", help="only merge finished runs into results.json")
+    parser.add_argument("--summarize", metavar="OUT_DIR",
+                        help="print the summary table rebuilt from OUT_DIR/results.json, and stop")
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        try:
+            print(summary_table(args.summarize))
+        except ValueError as error:
+            parser.error(str(error))
+        return 0
+    if args.out_dir is None:
+        parser.error("--out-dir is required (unless --summarize)")
 
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -53,8 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key] = _parse_value(raw)
-    cfg = capstone_config(args.preset, out_dir=args.out_dir, data_dir=args.data_dir,
-                          steps=args.steps, seeds=args.seeds, **overrides)
+        if overrides[key] is None:
+            parser.error(f"--set {key}=null would mean the preset's value; leave it out instead"
+                         + (" (clip_norm=0 turns clipping off)" if key == "clip_norm" else ""))
+    try:
+        cfg = capstone_config(args.preset, out_dir=args.out_dir, data_dir=args.data_dir,
+                              steps=args.steps, seeds=args.seeds, **overrides)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
     if args.merge_only:
         merged = merge_results(cfg.out_dir)
         print(f"merged {len(merged['runs'])} runs into {Path(cfg.out_dir) / 'results.json'}")

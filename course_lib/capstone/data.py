@@ -1,8 +1,10 @@
-"""The capstone's data: token shards prepared once per corpus, and each process's slice of every batch."""
+"""The capstone's data: token shards prepared once per corpus, each process's slice of every batch, prefetching."""
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from ..data import shards
 from .config import CapstoneConfig
 from .distributed import barrier, world
 
-__all__ = ["StepBatches", "prepare_data", "shard_dir"]
+__all__ = ["Prefetched", "StepBatches", "prepare_data", "shard_dir"]
 
 
 def shard_dir(cfg: CapstoneConfig) -> Path:
@@ -69,3 +71,71 @@ class StepBatches:
             lo = self.rank * self.share + j * self.micro
             yield x[lo:lo + self.micro], y[lo:lo + self.micro], j == self.accumulation - 1
             k += 1
+
+
+def _pinned(item: Any) -> Any:
+    if isinstance(item, torch.Tensor):
+        return item.pin_memory()
+    if isinstance(item, tuple):
+        return tuple(_pinned(x) for x in item)
+    return item
+
+
+class Prefetched:
+    """Any resumable data (``batches(epoch, start)``), with the next ``depth`` batches drawn ahead in a thread.
+
+    The batches and their order are those of ``data``: a thread runs ``data.batches(epoch,
+    start)`` and hands its items over through a queue of ``depth`` places, so drawing the next
+    batch overlaps the current step. With ``pin_memory`` the thread also copies each tensor
+    into page-locked memory, from which ``tensor.to("cuda", non_blocking=True)`` (what the
+    trainer does) is an asynchronous copy; from ordinary memory it would wait. Other
+    attributes (``accumulation``) are those of ``data``. An error in the thread is raised
+    where the batch would have been; a generator that is closed or dropped stops its thread.
+    """
+
+    def __init__(self, data: Any, depth: int = 2, pin_memory: bool = False) -> None:
+        if not hasattr(data, "batches"):
+            raise ValueError(f"data must have a batches(epoch, start) method, got {type(data).__name__}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        self.data, self.depth, self.pin_memory = data, depth, pin_memory
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["data"], name)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Any]:
+        items: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        done = object()
+
+        def put(entry: tuple[Any, BaseException | None]) -> bool:
+            """Queue an entry unless the consumer has gone; False once it has."""
+            while not stop.is_set():
+                try:
+                    items.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for item in self.data.batches(epoch, start):
+                    if not put((_pinned(item) if self.pin_memory else item, None)):
+                        return
+                put((done, None))
+            except BaseException as error:  # handed to the consumer, raised there
+                put((None, error))
+
+        thread = threading.Thread(target=produce, name="course_lib-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item, error = items.get()
+                if error is not None:
+                    raise error
+                if item is done:
+                    return
+                yield item
+        finally:
+            stop.set()

@@ -44,6 +44,7 @@ __all__ = [
     "PaperEpsScheduler",
     "layer_param_groups",
     "linear_multipliers",
+    "nudge_weights_",
     "paper_eps",
     "plot_paper_eps",
 ]
@@ -226,13 +227,14 @@ def plot_paper_eps(steps: int = 1000, ax: Any = None, *, eps_base: float = 1e-8,
 class Variant:
     """What an optimizer variant changes: per-block LR multipliers, the eps schedule, or neither.
 
-    ``eps_factor`` multiplies the configured eps (the control); ``torch_adamw`` uses
-    ``torch.optim.AdamW`` instead of :class:`LayerAdaptiveAdamW`.
+    ``nudge_init`` moves every initial weight by one float32 step (:func:`nudge_weights_`):
+    the control, a change that always acts and is too small to matter by itself.
+    ``torch_adamw`` uses ``torch.optim.AdamW`` instead of :class:`LayerAdaptiveAdamW`.
     """
 
     multipliers: bool
     eps_schedule: bool
-    eps_factor: float = 1.0
+    nudge_init: bool = False
     torch_adamw: bool = False
 
 
@@ -241,10 +243,28 @@ VARIANTS: dict[str, Variant] = {
     "layer_adaptive": Variant(multipliers=True, eps_schedule=True),
     "multipliers_only": Variant(multipliers=True, eps_schedule=False),
     "eps_only": Variant(multipliers=False, eps_schedule=True),
-    "control": Variant(multipliers=False, eps_schedule=False, eps_factor=1 + 1e-6),
+    "control": Variant(multipliers=False, eps_schedule=False, nudge_init=True),
     "torch_adamw": Variant(multipliers=False, eps_schedule=False, torch_adamw=True),
 }
 """The optimizer variants; the first four are the paper's baseline, method and two ablations."""
+
+
+@torch.no_grad()
+def nudge_weights_(model: nn.Module, seed: int) -> None:
+    """Move every non-zero weight of ``model`` to the next representable number up or down (one ulp), in place.
+
+    The direction of each entry is a fair coin from a generator of its own seeded with
+    ``seed``, so the global random state, and with it everything else about the run, stays as
+    it was. A relative change of about 1e-7 (float32) is far below anything a training run
+    could respond to by design, yet it always acts: every forward pass differs from the
+    unnudged model's in its last bits from the first step on. Zeros (the initial biases) stay
+    zero, since the next number after 0 is a denormal. The capstone's ``"control"`` variant.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        up = torch.rand(p.shape, generator=generator) < 0.5
+        toward = torch.where(up, math.inf, -math.inf).to(device=p.device, dtype=p.dtype)
+        p.copy_(torch.where(p != 0, torch.nextafter(p, toward), p))
 
 
 PAPER_VARIANTS: tuple[str, ...] = ("adamw", "layer_adaptive", "multipliers_only", "eps_only")

@@ -14,17 +14,19 @@ import torch
 from torch import nn
 
 from ..data import shards
-from ..models.qwen import QwenLM, count_parameters, flops_per_token, lm_loss
+from ..models.qwen import QwenLM, count_parameters, flops_per_token
 from ..schedules import WarmupCosineLR
 from ..train import Callback, TrainConfig, Trainer, evaluate
 from ..utils import seed_everything
 from .config import CapstoneConfig
-from .data import StepBatches, prepare_data, shard_dir
+from .data import Prefetched, StepBatches, prepare_data, shard_dir
 from .distributed import RankZeroTrainer, barrier, device_for, world
-from .method import VARIANTS, LayerAdaptiveAdamW, PaperEpsScheduler, layer_param_groups, linear_multipliers
+from .method import (VARIANTS, LayerAdaptiveAdamW, PaperEpsScheduler, layer_param_groups, linear_multipliers,
+                     nudge_weights_)
 from .mfu import mfu
+from .report import environment
 
-__all__ = ["EpsProbe", "EvalLog", "build_optimizer", "load_run", "merge_results", "run_variant", "sqrt_v_hat"]
+__all__ = ["EpsProbe", "EvalLog", "build_optimizer", "load_run", "run_variant", "sqrt_v_hat", "sync_every"]
 
 
 def build_optimizer(model: QwenLM, variant: str, cfg: CapstoneConfig,
@@ -32,9 +34,10 @@ def build_optimizer(model: QwenLM, variant: str, cfg: CapstoneConfig,
     """The optimizer and the per-step schedulers of a variant (see :data:`VARIANTS`).
 
     Every variant gets the same param groups (one multiplier per block, weight decay on the
-    ``Linear`` weight matrices only) and a warmup-cosine learning rate. The multipliers are
-    1 unless the variant uses them; the eps schedule is added only for the variants that use
-    it. ``fused`` selects torch's fused AdamW kernel (GPUs).
+    ``Linear`` weight matrices only) and a warmup-cosine learning rate (a linear warmup over
+    ``warmup_frac`` of the steps, then a cosine to ``min_lr_ratio`` of the peak). The
+    multipliers are 1 unless the variant uses them; the eps schedule is added only for the
+    variants that use it. ``fused`` selects torch's fused AdamW kernel (GPUs).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -43,7 +46,7 @@ def build_optimizer(model: QwenLM, variant: str, cfg: CapstoneConfig,
     mults = (linear_multipliers(n_layers, cfg.mult_first, cfg.mult_last) if spec.multipliers
              else [1.0] * n_layers)
     groups = layer_param_groups(model, mults, weight_decay=cfg.weight_decay)
-    kwargs: dict[str, Any] = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps * spec.eps_factor,
+    kwargs: dict[str, Any] = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
     if fused:
         kwargs["fused"] = True
@@ -125,6 +128,18 @@ class EpsProbe(Callback):
             trainer.history.setdefault(key, []).append(record[key])
 
 
+def sync_every(cfg: CapstoneConfig) -> int:
+    """Steps between host syncs: ``cfg.sync_every``, or the largest interval that has one at every evaluation and probe.
+
+    The trainer reads the loss back at every evaluation anyway; the eps probe reads the
+    optimizer's state, which would wait for the device at a step without a sync, and the
+    time it waited would go missing from the steps' time.
+    """
+    if cfg.sync_every is not None:
+        return cfg.sync_every
+    return math.gcd(cfg.eval_every, cfg.probe_every or cfg.eval_every)
+
+
 def _run_dir(cfg: CapstoneConfig, variant: str, seed: int) -> Path:
     return Path(cfg.out_dir) / "runs" / f"{variant}-seed{seed}"
 
@@ -149,10 +164,17 @@ def _steady_tokens_per_s(history: dict[str, list], seq_len: int, world: int,
                          skip_frac: float = 0.1) -> float:
     """Training tokens per second of all processes together, leaving out the first ``skip_frac`` of the steps.
 
-    The first steps pay for compilation and cold caches.
+    The first steps pay for compilation and cold caches. The window starts right after the
+    first evaluation past them where there is one: steps between two host syncs are timed by
+    the host, which runs ahead of the device, and only a window from one sync to another
+    (every evaluation is one) holds exactly the device's time.
     """
     n = len(history["examples_per_s"])
-    return _tokens_per_s(history, seq_len, world, start=min(max(n - 1, 0), int(skip_frac * n)))
+    start = min(max(n - 1, 0), int(skip_frac * n))
+    steps = history["step"]
+    synced = [steps.index(s) + 1 for s in history.get("eval_step", []) if s in steps]
+    after = [i for i in synced if start <= i < n]
+    return _tokens_per_s(history, seq_len, world, start=after[0] if after else start)
 
 
 class EvalLog(Callback):
@@ -261,13 +283,18 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
     model_cfg = cfg.model_config(vocab_size=meta["vocab_size"])
     seq_len = cfg.seq_len or model_cfg.max_seq_len
     seed_everything(seed)
-    model = QwenLM(model_cfg).to(device)
+    model = QwenLM(model_cfg)
+    if VARIANTS[variant].nudge_init:  # the control: the same weights, each moved by one float32 step
+        nudge_weights_(model, seed)
+    model = model.to(device)
     # Compile the model, then wrap it in DDP, as PyTorch's guide to torch.compile advises
     # ("Where to apply torch.compile?": compile the module that DDP wraps, since the compiler
     # does not handle the wrapper itself well). DDP marks itself active during its forward,
     # and TorchDynamo then still splits the compiled graph at DDP's gradient buckets
     # (DDPOptimizer), so the all-reduce of one bucket overlaps the backward of the next.
-    forward: nn.Module = torch.compile(model) if use_compile else model
+    # The compiled region ends with the loss (the model returns it when given the targets), so
+    # the cross-entropy is compiled too and the batch's logits are never all in memory.
+    forward: nn.Module = torch.compile(model, mode=cfg.compile_mode) if use_compile else model
     ddp = None
     if world_size > 1:
         ddp = nn.parallel.DistributedDataParallel(
@@ -279,9 +306,12 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
         x, y = batch[0], batch[1]
         if ddp is not None and len(batch) == 3:  # all-reduce gradients on the step's last micro-batch only
             ddp.require_backward_grad_sync = bool(batch[2])
-        return lm_loss(forward(x), y)
+        return forward(x, y)
 
-    train_data = StepBatches(shards.load_split(data_dir, "train"), cfg, seq_len, seed, rank, world_size)
+    train_data: Any = StepBatches(shards.load_split(data_dir, "train"), cfg, seq_len, seed, rank, world_size)
+    prefetch = (2 if on_cuda else 0) if cfg.prefetch is None else cfg.prefetch
+    if prefetch:  # the same batches, drawn ahead in a thread (pinned on a GPU, so copies are async)
+        train_data = Prefetched(train_data, depth=prefetch, pin_memory=on_cuda)
     val_data = shards.EvalBatches(shards.load_split(data_dir, "val"), cfg.eval_batch_size, seq_len,
                                 max_batches=cfg.eval_batches)
     own: list[Callback] = [EpsProbe(cfg.probe_every)] if cfg.probe_every else []
@@ -294,9 +324,10 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
     trainer = RankZeroTrainer(
         model, optimizer, loss_fn, train_data,
         TrainConfig(max_steps=cfg.steps, accumulation=train_data.accumulation,
-                    clip_norm=cfg.clip_norm, precision=precision, eval_every=cfg.eval_every,
+                    clip_norm=cfg.clip_norm or None, precision=precision, eval_every=cfg.eval_every,
                     checkpoint_every=cfg.checkpoint_every, checkpoint_path=ckpt,
-                    tokens_per_example=seq_len, progress=cfg.progress and rank == 0),
+                    tokens_per_example=seq_len, sync_every=sync_every(cfg),
+                    progress=cfg.progress and rank == 0),
         scheduler=schedulers, val_data=val_data, callbacks=[*own, *callbacks])
     if resume:
         trainer.load_checkpoint(ckpt)
@@ -306,7 +337,7 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
         trainer.batch_in_epoch = trainer.step * train_data.accumulation
     if log is not None:
         log.begin(trainer)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), trainer.step
     history = trainer.fit()
     if not history["val_loss"] or history["eval_step"][-1] != trainer.step:
         # the result's val_loss is always that of the final weights
@@ -314,6 +345,9 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
         history["val_loss"].append(evaluate(model, val_data, loss_fn, precision=precision))
 
     tokens_per_s = _steady_tokens_per_s(history, seq_len, world_size)
+    finished_before = resume and started_at == cfg.steps and (run_dir / "result.json").exists()
+    env = (json.loads((run_dir / "result.json").read_text()).get("environment") if finished_before
+           else None) or environment(device)  # a finished run read back keeps the record of where it ran
     result = {
         "name": variant,
         "seed": seed,
@@ -332,8 +366,11 @@ def run_variant(variant: str, seed: int, cfg: CapstoneConfig,
         "world_size": world_size,
         "precision": precision,
         "compiled": use_compile,
+        "compile_mode": cfg.compile_mode if use_compile else None,
         "seconds": history["time"][-1] if history["time"] else 0.0,
         "seconds_this_call": time.perf_counter() - started,
+        "config": {"variant": variant, "seed": seed, **cfg.resolved()},
+        "environment": env,
     }
     if rank == 0:
         tmp = run_dir / f"result.json.{os.getpid()}.tmp"
@@ -356,24 +393,3 @@ def load_run(variant: str, seed: int, cfg: CapstoneConfig,
     optimizer, _ = build_optimizer(model, variant, cfg)
     optimizer.load_state_dict(state["optimizer"])
     return model, optimizer
-
-
-def merge_results(out_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
-    """Collect every run's ``result.json`` under ``out_dir/runs`` into ``out_dir/results.json``.
-
-    Returns ``{"runs": [...]}``, one entry per finished run (variant and seed), sorted by
-    variant and seed; per-step lists are left out of the merged file. Use it after a job
-    array whose tasks each ran some of the variants and seeds into the same ``out_dir``.
-    """
-    out = Path(out_dir)
-    runs = []
-    for path in sorted((out / "runs").glob("*/result.json")):
-        result = json.loads(path.read_text())
-        runs.append({k: v for k, v in result.items() if k not in ("train_loss", "lr")})
-    runs.sort(key=lambda r: (r["name"], r["seed"]))
-    merged = {"runs": runs}
-    if write:  # several jobs may merge into one folder: a temporary file of this process's own
-        tmp = out / f"results.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(merged, indent=1))
-        os.replace(tmp, out / "results.json")
-    return merged

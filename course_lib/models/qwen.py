@@ -40,6 +40,7 @@ __all__ = [
     "apply_rope",
     "count_parameters",
     "flops_per_token",
+    "gqa_kernel_applies",
     "linear_cross_entropy",
     "lm_loss",
     "rope_cos_sin",

@@ -13,14 +13,21 @@ What one optimizer step does (:meth:`Trainer.train_step`):
 2. for each, ``loss_fn(model, batch)`` under autocast, weighted by its share of the
    examples of the group, and backward: the summed gradient is the gradient of the mean
    loss over all the group's examples, as if it were one big batch;
-3. unscale (fp16) and measure the gradient norm;
+3. unscale (fp16) and measure the gradient norm, once;
 4. stop with ``FloatingPointError`` naming the step (counted from 1, as in ``history``) and
    the loss or the parameter if a value is NaN or infinite, checked *before* clipping (clipping
    by norm would spread one NaN over every gradient);
-5. clip by norm or by value;
+5. clip by norm (with the norm just measured) or by value;
 6. step the optimizer and the per-step schedulers. With fp16 the ``GradScaler`` skips a step
    whose gradients are not finite and lowers its scale; ``max_skipped_steps`` skips in a row
    stop the run.
+
+Reading a number back from a GPU makes the Python loop wait for the GPU. By default the loss
+and the gradient norm are read after every step; with ``sync_every=k`` they stay on the device
+and are read for ``k`` steps at once (and before every evaluation, checkpoint and the end), so
+the GPU is never idle waiting for the loop between those points. A step's time runs from the
+moment its batches are requested to the end of its optimizer step, so ``examples_per_s``
+counts the time spent drawing data.
 
 Data order is resumable: ``train_data`` follows the :class:`~course_lib.data.batching.Batches`
 protocol, ``batches(epoch, start)`` yields batch ``start``, ``start + 1``, ... of that epoch in an
@@ -42,12 +49,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # a GPU node's environment may lack it: then there is no progress bar
+    tqdm = None
 
 from ..data.batching import epoch_batches
 from .callbacks import Callback
 
-__all__ = ["TrainConfig", "Trainer", "count_examples", "evaluate", "grad_norm", "move_to", "supervised_loss"]
+__all__ = ["TrainConfig", "Trainer", "clip_grad_norm_with_", "count_examples", "evaluate", "grad_norm", "move_to",
+           "supervised_loss"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -89,11 +101,37 @@ def _groups_of(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
-    r"""The global gradient norm :math:`\lVert g \rVert_2 = \sqrt{\sum_p \lVert g_p \rVert_2^2}`, as ``clip_grad_norm_`` computes it."""
-    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
-    if not norms:
+    r"""The global gradient norm :math:`\lVert g \rVert_2 = \sqrt{\sum_p \lVert g_p \rVert_2^2}`, as ``clip_grad_norm_`` computes it.
+
+    A tensor on the gradients' device (reading it is a host sync); torch's own
+    ``get_total_norm`` (torch >= 2.6, what ``clip_grad_norm_`` calls) where it exists.
+    """
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
         return torch.tensor(0.0)
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    norms = [torch.linalg.vector_norm(g) for g in grads]
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
+@torch.no_grad()
+def clip_grad_norm_with_(params: Sequence[nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in place: ``clip_grad_norm_`` given the norm.
+
+    The second half of ``torch.nn.utils.clip_grad_norm_``, which would measure the norm again
+    (torch >= 2.6 has it as ``clip_grads_with_norm_``). The factor stays a tensor on the
+    device, so clipping needs no host sync.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    for device, group in by_device.items():
+        torch._foreach_mul_(group, factor.to(device))
 
 
 @torch.no_grad()
@@ -118,6 +156,29 @@ def evaluate(
     if count == 0:
         raise ValueError("data for evaluation is empty")
     return total / count
+
+
+class _NoBar:
+    """What ``fit`` uses of a tqdm bar, showing nothing."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, initial: int, enabled: bool) -> Any:
+    """A tqdm bar (hidden unless ``enabled``), or one that shows nothing where tqdm is not installed."""
+    if tqdm is None:
+        return _NoBar()
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step")
 
 
 def _describe_non_finite(names: list[str]) -> str:
@@ -152,6 +213,11 @@ class TrainConfig:
     - ``tokens_per_example``: if set, the history logs ``tokens_per_s`` and the progress bar
       shows it;
     - ``check_finite``: stop on a NaN/Inf loss or gradient;
+    - ``sync_every``: read the loss and the gradient norm back from the device every so many
+      steps (and before every evaluation, checkpoint and the end; see the module docstring).
+      With 1 (the default) a NaN or Inf stops the run at its step, naming the parameter; with
+      more it stops the run at the next read, naming the step. ``history`` is complete at
+      every read; in between it lags behind ``step``;
     - ``max_skipped_steps`` (fp16): stop after so many steps in a row that the ``GradScaler``
       skipped for NaN/Inf gradients (``None``: never). A few skips are how the scaler finds its
       scale; each halves it, so 20 in a row take it from :math:`2^{16}` to :math:`2^{-4}`, and
@@ -173,6 +239,7 @@ class TrainConfig:
     tokens_per_example: int | None = None
     check_finite: bool = True
     max_skipped_steps: int | None = 20
+    sync_every: int = 1
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -184,6 +251,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.accumulation < 1:
             raise ValueError(f"accumulation must be >= 1, got {self.accumulation}")
+        if not isinstance(self.sync_every, int) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be an integer >= 1, got {self.sync_every!r}")
         for name in ("clip_norm", "clip_value"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -213,7 +282,9 @@ class Trainer:
     ``loss`` (of the step's examples), ``lr`` (of param group 0, used by that step),
     ``grad_norm`` (before clipping), ``examples`` (seen so far), ``time`` (seconds since the
     start), ``examples_per_s`` and, with ``tokens_per_example``, ``tokens_per_s``; and per
-    evaluation ``eval_step`` and ``val_loss``.
+    evaluation ``eval_step`` and ``val_loss``. With ``sync_every > 1`` the per-step entries are
+    appended at each read-back (:meth:`read_back`), so between two of them the history lags
+    behind ``step``.
     """
 
     def __init__(
@@ -257,6 +328,9 @@ class Trainer:
         self.should_stop = False
         self.step_kwargs: dict[str, Any] = {}  # passed to optimizer.step(); callbacks may set them
         self.last_batch: Any = None  # the last micro-batch of the latest step, on the model's device
+        self._unread: list[dict[str, Any]] = []  # steps whose loss and norm are still on the device
+        # read the loss and the norm at once, and check them before clipping and stepping
+        self._check_each_step = config.sync_every == 1 or self.scaler is not None
 
     def _history_keys(self) -> list[str]:
         keys = ["step", "epoch", "loss", "lr", "grad_norm", "examples", "time", "examples_per_s"]
@@ -281,29 +355,36 @@ class Trainer:
             total = cfg.epochs * math.ceil(len(self.train_data) / cfg.accumulation)
         self._start = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
         self._dispatch("on_train_begin")
-        with tqdm(total=total, initial=self.step, disable=not cfg.progress, unit="step") as bar:
+        with _progress_bar(total, self.step, cfg.progress) as bar:
             while not self._finished():
                 fresh_epoch = self.batch_in_epoch == 0
                 batches = epoch_batches(self.train_data, self.epoch, self.batch_in_epoch)
-                for group in _groups_of(batches, cfg.accumulation):
-                    self.train_step(group)
+                groups = _groups_of(batches, cfg.accumulation)
+                while not self._finished():
+                    started = time.perf_counter()  # a step's time includes drawing its batches
+                    group = next(groups, None)
+                    if group is None:  # the epoch is over
+                        if fresh_epoch and self.batch_in_epoch == 0:
+                            raise ValueError(f"train_data yields no batches in epoch {self.epoch}")
+                        self._end_epoch()
+                        break
+                    self.train_step(group, started)
                     bar.set_postfix(self._postfix(), refresh=False)
                     bar.update(1)
                     self._after_step()
-                    if self._finished():
-                        break
-                else:
-                    if fresh_epoch and self.batch_in_epoch == 0:
-                        raise ValueError(f"train_data yields no batches in epoch {self.epoch}")
-                    self._end_epoch()
+        self.read_back()
         if cfg.checkpoint_path is not None:
             self.save_checkpoint(cfg.checkpoint_path)
         self._dispatch("on_train_end")
         return self.history
 
-    def train_step(self, micro_batches: list[Any]) -> None:
-        """One optimizer step on a group of micro-batches, weighted by their numbers of examples."""
-        started = time.perf_counter()
+    def train_step(self, micro_batches: list[Any], started: float | None = None) -> None:
+        """One optimizer step on a group of micro-batches, weighted by their numbers of examples.
+
+        ``started``: the ``time.perf_counter()`` at which the step began (``fit`` passes the
+        moment before it drew the batches); by default, now.
+        """
+        started = time.perf_counter() if started is None else started
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         counts = [self.count_fn(batch) for batch in micro_batches]
@@ -315,9 +396,9 @@ class Trainer:
                 loss = self.loss_fn(self.model, batch) * (n / total)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach().float())
-        loss_value = torch.stack(losses).sum().item()
-        if self.config.check_finite and not math.isfinite(loss_value):
-            raise FloatingPointError(f"step {self.step + 1}: the loss is {loss_value}")
+        loss = torch.stack(losses).sum()  # on the device; read at once or at the next sync point
+        if self._check_each_step and self.config.check_finite and not math.isfinite(float(loss)):
+            raise FloatingPointError(f"step {self.step + 1}: the loss is {float(loss)}")
         norm = self._clip_gradients()
         if self.scaler:
             scale = self.scaler.get_scale()
@@ -331,26 +412,26 @@ class Trainer:
         self.examples += total
         if self.config.scheduler_interval == "step":
             self._step_schedulers()
-        self._log(loss_value, lr, norm, total, time.perf_counter() - started)
+        self._record(loss, lr, norm, total, started)
 
-    def _clip_gradients(self) -> float:
-        """Unscale (fp16), check the gradients are finite, return their norm before clipping, clip."""
+    def _clip_gradients(self) -> torch.Tensor:
+        """Unscale (fp16), measure the gradient norm once, check it is finite, clip; return the norm before clipping."""
         cfg = self.config
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = float(grad_norm(params))
-        # check BEFORE clipping: clip_grad_norm_ scales every gradient by c / norm, and a NaN
+        norm = grad_norm(params)
+        # check BEFORE clipping: clipping by norm scales every gradient by c / norm, and a NaN
         # norm would turn them all into NaN and hide which parameter it came from
-        if not math.isfinite(norm):
+        if self._check_each_step and not math.isfinite(float(norm)):
             bad = self.non_finite_gradients()
             if self.scaler and bad:
                 return norm  # fp16: the GradScaler skips this step; leave the gradients as they are
             if cfg.check_finite and not self.scaler:
-                what = _describe_non_finite(bad) if bad else f"the gradient norm overflows to {norm}"
+                what = _describe_non_finite(bad) if bad else f"the gradient norm overflows to {float(norm)}"
                 raise FloatingPointError(f"step {self.step + 1}: {what}")
         if cfg.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            clip_grad_norm_with_(params, cfg.clip_norm, norm)  # the norm above: one pass over the gradients
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         return norm
@@ -378,8 +459,10 @@ class Trainer:
             )
 
     def _postfix(self) -> dict[str, str]:
-        """What the progress bar shows: the step's loss and LR, and tokens/s with ``tokens_per_example``."""
+        """What the progress bar shows: the latest loss and LR read back, and tokens/s with ``tokens_per_example``."""
         h = self.history
+        if not h["loss"]:
+            return {}
         postfix = {"loss": f"{h['loss'][-1]:.4g}", "lr": f"{h['lr'][-1]:.3g}"}
         if self.config.tokens_per_example is not None:
             postfix["tok/s"] = f"{h['tokens_per_s'][-1]:.3g}"
@@ -390,18 +473,56 @@ class Trainer:
             if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
 
-    def _log(self, loss: float, lr: float, norm: float, examples: int, seconds: float) -> None:
+    def _sync_due(self) -> bool:
+        """Whether the step just taken ends with a read-back: every ``sync_every`` steps, and before evaluations,
+        checkpoints and the end."""
+        cfg = self.config
+        return (self._check_each_step or self.step % cfg.sync_every == 0
+                or (cfg.eval_every is not None and self.step % cfg.eval_every == 0)
+                or (cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0)
+                or (cfg.max_steps is not None and self.step >= cfg.max_steps))
+
+    def _record(self, loss: torch.Tensor, lr: float, norm: torch.Tensor, examples: int, started: float) -> None:
+        """Keep the step's numbers; at a sync point, wait for the device (in the step's time) and read them all back."""
+        sync = self._sync_due()
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's time then covers the device's work
+        now = time.perf_counter()
+        self._unread.append({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": float(lr), "grad_norm": norm,
+                             "examples": self.examples, "time": now - self._start,
+                             "seconds": now - started, "n": examples})
+        if sync:
+            self.read_back()
+
+    def read_back(self) -> None:
+        """Read the losses and gradient norms of the steps not yet read (one host sync), append them to ``history``.
+
+        Stops with ``FloatingPointError`` at the first step whose loss or gradient norm is NaN
+        or infinite (with ``sync_every=1`` the step itself has already stopped the run).
+        """
+        if not self._unread:
+            return
+        records, self._unread = self._unread, []
+        losses = torch.stack([r["loss"] for r in records]).tolist()
+        norms = torch.stack([r["grad_norm"].to(records[0]["grad_norm"].device) for r in records]).tolist()
         h = self.history
-        h["step"].append(self.step)
-        h["epoch"].append(self.epoch)
-        h["loss"].append(loss)
-        h["lr"].append(float(lr))
-        h["grad_norm"].append(norm)
-        h["examples"].append(self.examples)
-        h["time"].append(time.perf_counter() - self._start)
-        h["examples_per_s"].append(examples / seconds)
-        if self.config.tokens_per_example is not None:
-            h["tokens_per_s"].append(examples * self.config.tokens_per_example / seconds)
+        for r, loss, norm in zip(records, losses, norms):
+            if self.config.check_finite and not self._check_each_step:
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"step {r['step']}: the loss is {loss}")
+                if not math.isfinite(norm):
+                    raise FloatingPointError(f"step {r['step']}: the gradient norm is {norm} (with sync_every=1 "
+                                             f"the run stops at once and names the parameter)")
+            h["step"].append(r["step"])
+            h["epoch"].append(r["epoch"])
+            h["loss"].append(loss)
+            h["lr"].append(r["lr"])
+            h["grad_norm"].append(norm)
+            h["examples"].append(r["examples"])
+            h["time"].append(r["time"])
+            h["examples_per_s"].append(r["n"] / r["seconds"])
+            if self.config.tokens_per_example is not None:
+                h["tokens_per_s"].append(r["n"] * self.config.tokens_per_example / r["seconds"])
 
     def _after_step(self) -> None:
         cfg = self.config
@@ -412,6 +533,7 @@ class Trainer:
             self.save_checkpoint(cfg.checkpoint_path)
 
     def _end_epoch(self) -> None:
+        self.read_back()
         self.epoch += 1
         self.batch_in_epoch = 0
         if self.config.scheduler_interval == "epoch":
@@ -423,6 +545,7 @@ class Trainer:
     def _evaluate(self) -> None:
         if self.val_data is None:
             return
+        self.read_back()
         self._dispatch("on_eval_begin")
         val_loss = evaluate(self.model, self.val_data, self.loss_fn, self.count_fn, self.config.precision)
         self.history["eval_step"].append(self.step)
@@ -441,6 +564,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Save everything a bit-identical resume needs; write to a temporary file, then rename (atomic)."""
+        self.read_back()
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -482,3 +606,4 @@ class Trainer:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.history = state["history"]
+        self._unread = []
