@@ -19,12 +19,14 @@ export COURSE_CLAIMS := strict
 # ATen's portable kernels, so every `make test` checks that no claim hangs on one path's rounding.
 NBVAL_CPU_CAPABILITY ?= default
 
-.PHONY: help venv book test test-lib test-notebooks test-book test-portability chromium sync clean bench
+.PHONY: help venv book lab notebooks-branch test test-lib test-notebooks test-book test-portability chromium sync clean bench
 
 help:
 	@echo "make book   - create .venv, install pinned dependencies, build the book (HTML in _build/html)"
 	@echo "make test   - library tests, notebook checks, and every notebook executed with nbval"
+	@echo "make lab    - JupyterLab in .venv, with jupyterlab-myst: the lesson sources render roles and admonitions"
 	@echo "make sync   - update the .ipynb twins from the .md sources and strip their outputs"
+	@echo "make notebooks-branch - commit the generated student notebooks to the branch the Colab buttons open"
 	@echo "make bench  - run the optimizer-step benchmark"
 	@echo "make test-portability - run every notebook on each CPU kernel path (and GPU) here; list failed claims"
 
@@ -40,6 +42,30 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 book: venv
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+	@echo "The student notebooks (plain Jupyter Markdown, for JupyterLab and Colab) are in $(CURDIR)/_build/html/_notebooks/"
+
+# JupyterLab for working from a clone. jupyterlab-myst renders the MyST of the lesson sources (roles,
+# admonitions) and jupytext opens the .md sources as notebooks. A student's run: no strict claims.
+LAB_ARGS ?=
+lab: venv
+	env -u COURSE_CLAIMS $(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+# The generated student notebooks (_build/html/_notebooks/, written by `make book`) as the branch that
+# the Colab buttons open: student_notebooks_branch in _config.yml. This commits them locally, one commit
+# per change; publish with `git push origin <that branch>` next to the book.
+NOTEBOOKS_BRANCH = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('_config.yml'))['sphinx']['config']['student_notebooks_branch'])")
+notebooks-branch: venv
+	@test -f _build/html/_notebooks/README.md || { echo "No generated notebooks: run 'make book' first."; exit 1; }
+	@set -e; branch="$(NOTEBOOKS_BRANCH)"; gitdir=$$(git rev-parse --absolute-git-dir); source=$$(git rev-parse --short HEAD); \
+	  index=$$(mktemp -u); \
+	  (cd _build/html/_notebooks && GIT_INDEX_FILE=$$index git --git-dir="$$gitdir" --work-tree=. add -A .); \
+	  tree=$$(GIT_INDEX_FILE=$$index git write-tree); rm -f "$$index"; \
+	  parent=$$(git rev-parse -q --verify "refs/heads/$$branch" || true); \
+	  if [ -n "$$parent" ] && [ "$$(git rev-parse "$$parent^{tree}")" = "$$tree" ]; then \
+	    echo "Branch $$branch already holds these notebooks."; exit 0; fi; \
+	  commit=$$(git commit-tree "$$tree" $${parent:+-p "$$parent"} -m "Student notebooks generated from $$source"); \
+	  git update-ref "refs/heads/$$branch" "$$commit"; \
+	  echo "Branch $$branch now holds the notebooks generated from $$source. Publish: git push origin $$branch"
 
 test: test-lib test-notebooks test-book
 

@@ -3,8 +3,8 @@
 Run after `make book` (the `make test` target builds the book first): `pytest tests/browser`.
 Checks, for every page in the table of contents: no error output or traceback, every image loads,
 math is typeset by MathJax, internal links resolve; for lessons, the Colab launch button and the
-download button point at the lesson's .ipynb. Screenshots of a few pages are kept in
-_build/screenshots/ for a person to look at.
+download button point at the lesson's generated student notebook (book/_ext/student_notebooks.py), which
+holds no raw MyST. Screenshots of a few pages are kept in _build/screenshots/ for a person to look at.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
+import nbformat
 import pytest
 import yaml
 
@@ -26,6 +27,9 @@ SHOTS = ROOT / "_build" / "screenshots"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# The branch of the repository that holds the generated student notebooks, which the Colab buttons open.
+NOTEBOOKS_BRANCH = CONFIG["sphinx"]["config"]["student_notebooks_branch"]
+STUDENT_NOTEBOOKS = HTML / "_notebooks"
 
 def _toc_files(node) -> list[str]:
     out = []
@@ -75,11 +79,22 @@ def browser():
         yield b
         b.close()
 
-def _colab_url(page_file: str) -> str:
+def _colab_url(page_file: str, branch: str = NOTEBOOKS_BRANCH) -> str:
     repo = CONFIG["repository"]["url"].rstrip("/")
     org_repo = urlparse(repo).path.strip("/")
-    branch = CONFIG["repository"].get("branch", "main")
     return f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{page_file}.ipynb"
+
+
+def _raw_myst(notebook: Path) -> dict[int, dict]:
+    """Markdown cells of a notebook that hold MyST roles or directives (book/_ext/myst_to_jupyter.py)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from myst_to_jupyter import raw_myst
+
+    nb = nbformat.read(notebook, as_version=4)
+    found = {i: dict(raw_myst(c.source)) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"}
+    return {i: f for i, f in found.items() if f}
 
 @pytest.mark.parametrize("page_file", PAGES)
 def test_page_renders(page_file, server, browser):
@@ -130,28 +145,35 @@ def test_page_renders(page_file, server, browser):
         if anchor and path.suffix == ".html":
             assert f'id="{anchor}"' in path.read_text(errors="replace"), f"{page_file}: missing anchor {href}"
 
-    # Launch buttons: a lesson's Colab button opens its own .ipynb; a page without an .ipynb twin in the
-    # repository has no launch button at all (Colab cannot run a .md). Links to Colab inside a page's
-    # text (the exercises table) must name notebooks that exist too.
+    # Launch buttons: a lesson's Colab button opens its generated student notebook on the notebooks
+    # branch, and its download button serves the same notebook from the site's _notebooks/ folder (the
+    # tree that `make notebooks-branch` commits to that branch); it holds no raw MyST. A page without
+    # an .ipynb twin in the repository has no launch button at all (Colab cannot run a .md). Links to
+    # Colab inside a page's text (the exercises table) must name notebooks that exist too.
     colab_links = page.eval_on_selector_all(
         ".header-article a[href*='colab.research.google.com'], .dropdown-launch-buttons a[href*='colab']",
         "as => as.map(a => a.href)")
     if page_file.startswith("lessons/"):
         assert colab_links and colab_links[0] == _colab_url(page_file), \
             f"{page_file}: Colab button points at {colab_links}"
-        assert (ROOT / f"{page_file}.ipynb").exists(), f"the Colab button's notebook {page_file}.ipynb is missing"
+        assert (ROOT / f"{page_file}.ipynb").exists(), f"the lesson's source notebook {page_file}.ipynb is missing"
+        generated = STUDENT_NOTEBOOKS / f"{page_file}.ipynb"
+        assert generated.exists(), f"the Colab button's notebook {generated} was not generated"
         downloads = page.eval_on_selector_all("a[href$='.ipynb']", "as => as.map(a => a.href)")
-        own = [d for d in downloads if d.startswith(server) and d.endswith(f"/_sources/{page_file}.ipynb")]
-        assert own, f"{page_file}: no download button for its own .ipynb (found {downloads})"
-        assert (HTML / unquote(urlparse(own[0]).path).lstrip("/")).exists(), f"{page_file}: download {own[0]} is missing"
+        own = [d for d in downloads if d.startswith(server) and d.endswith(f"/_notebooks/{page_file}.ipynb")]
+        assert own, f"{page_file}: no download button for its generated notebook (found {downloads})"
+        assert (HTML / unquote(urlparse(own[0]).path).lstrip("/")) == generated
+        raw = _raw_myst(generated)
+        assert not raw, f"{page_file}: raw MyST in the generated notebook's Markdown cells: {raw}"
     elif not (ROOT / f"{page_file}.ipynb").exists():
         assert not colab_links, f"{page_file}: a launch button on a page without a notebook: {colab_links}"
     all_colab = page.eval_on_selector_all("a[href*='colab.research.google.com/github/']", "as => as.map(a => a.href)")
-    prefix = _colab_url("").rsplit("/", 1)[0] + "/"
+    prefix = _colab_url("", branch="").rsplit("/", 2)[0] + "/"
     for link in all_colab:
         assert link.startswith(prefix), f"{page_file}: Colab link outside the configured repository: {link}"
-        target = link[len(prefix):]
-        assert (ROOT / target).exists(), f"{page_file}: Colab link to a notebook missing from the repository: {link}"
+        branch, target = link[len(prefix):].split("/", 1)
+        where = STUDENT_NOTEBOOKS if branch == NOTEBOOKS_BRANCH else ROOT
+        assert (where / target).exists(), f"{page_file}: Colab link to a notebook that is not there: {link}"
 
     # Previous / next: every page but the first links back, every page but the last links forward.
     index = PAGES.index(page_file)
