@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_grading {build-exercises,grade} ...`` (``--help`` for details)."""
+"""Command line: ``python -m course_grading {build-exercises,grade,merge} ...`` (``--help`` for details)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections import defaultdict
 
 from .exercises import build_exercises
 from .grader import grade
+from .procs import free_cores
+from .reports import merge_gradebooks
+from .sandbox import SANDBOXES
+from .submissions import parse_shard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,14 +25,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="exercises", help="where the notebooks go (default: %(default)s)")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
 
-    run = commands.add_parser("grade", help="grade a folder of submitted notebooks with nbval")
+    run = commands.add_parser("grade", help="grade a folder of submitted notebooks")
     run.add_argument("submissions", help="folder of STUDENT/NN_name.ipynb or STUDENT__NN_name.ipynb files")
     run.add_argument("--out", default="gradebook.csv", help="gradebook CSV (default: %(default)s)")
     run.add_argument("--report-dir", default="reports", help="one markdown report per student (default: %(default)s)")
     run.add_argument("--exercises", default="exercises/src", help="exercise sources (default: %(default)s)")
-    run.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell (default: %(default)s)")
-    run.add_argument("--jobs", type=int, default=1, help="pytest processes run side by side (default: %(default)s)")
-    run.add_argument("--workdir", default=None, help="keep the prepared notebooks and pytest's output here")
+    run.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell and per check (default: %(default)s)")
+    run.add_argument("--jobs", type=int, default=None,
+                     help=f"notebooks graded side by side (default: the free cores, here {free_cores()})")
+    run.add_argument("--shard", default=None, metavar="i/N",
+                     help="grade only the i-th of N parts of the class (students dealt out in turn); join the parts "
+                          "with `merge`")  # fmt: skip
+    run.add_argument("--sandbox", choices=SANDBOXES, default="none",
+                     help="run every kernel in a bubblewrap sandbox: no network, a read-only view of Python and the "
+                          "library, nothing else of the file system (default: %(default)s)")  # fmt: skip
+    run.add_argument("--workdir", default=None, help="keep each notebook's folder (its kernel's log) here")
+
+    merge = commands.add_parser("merge", help="join the gradebooks of the shards of one class")
+    merge.add_argument("gradebooks", nargs="+", help="the shards' gradebook CSVs")
+    merge.add_argument("--out", default="gradebook.csv", help="the joined gradebook (default: %(default)s)")
     return parser
 
 
@@ -44,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         if not changed:
             print("all exercise notebooks are up to date")
         return 0
-    graded, warnings = grade(
+    if args.command == "merge":
+        rows = merge_gradebooks(args.gradebooks, args.out)
+        print(f"merged {len(args.gradebooks)} gradebooks, {rows} rows -> {args.out}")
+        return 0
+    shard = parse_shard(args.shard) if args.shard else None
+    graded, skipped = grade(
         args.submissions,
         exercises_dir=args.exercises,
         out=args.out,
@@ -52,16 +72,30 @@ def main(argv: list[str] | None = None) -> int:
         cell_timeout=args.cell_timeout,
         jobs=args.jobs,
         workdir=args.workdir,
+        shard=shard,
+        sandbox=args.sandbox,
     )
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     totals: dict[str, list[str]] = defaultdict(list)
     for g in graded:
-        exercise = g.submission.exercise
-        totals[g.submission.student].append(f"{exercise.name} {g.total}/{exercise.max_points}")
+        if g.counted and g.complete:
+            exercise = g.submission.exercise
+            totals[g.submission.student].append(f"{exercise.name} {g.total}/{exercise.max_points}")
     for student, scores in totals.items():
         print(f"{student}: {', '.join(scores)}")
-    print(f"graded {len(graded)} submissions of {len(totals)} students -> {args.out}, {args.report_dir}/")
+    failed = [g for g in graded if not g.complete]
+    listed = [(s.path, s.reason) for s in skipped] + [(g.submission.path, g.status) for g in graded if not g.counted]
+    if listed:
+        print("Not graded, because:", file=sys.stderr)
+        for path, reason in listed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    counted = sum(1 for g in graded if g.counted and g.complete)
+    where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    print(f"graded {counted} submissions of {len(totals)} students{where} -> {args.out}, {args.report_dir}/")
+    if failed:
+        print(f"error: {len(failed)} notebook(s) could not be graded:", file=sys.stderr)
+        for g in failed:
+            print(f"  {g.submission.path}: {g.status}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,8 +13,12 @@ as the solution. Three kinds of marks turn it into two notebooks:
   metadata is a graded check; the builder gives it the stable cell id ``check-NAME``, marks it
   read-only and prefixes a comment saying that graders run their own copy.
 
-Every other cell gets the id ``cell-K`` (its position), so both notebooks share their cell ids, which
-the grader uses to put a deleted check cell back where it was.
+Every other cell gets the id ``cell-K`` (its position in the source), so both notebooks share their cell
+ids, which the grader uses to put a deleted check cell back where it was. After the first markdown cell
+the builder adds one of its own (id ``policy``): what the exercise's functions may call, rendered from
+the policies declared next to the checks (:mod:`course_lib.checks._policy`). Code cells that import the
+checks by their former path (``from course_lib.grading import checks``) get today's,
+``from course_lib import checks``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ _MD_BEGIN = re.compile(r"^\s*<!-- BEGIN SOLUTION -->\s*$")
 _MD_END = re.compile(r"^\s*<!-- END SOLUTION -->\s*$")
 _DEF = re.compile(r"^(?P<indent>\s*)(?:async\s+)?(?:def|class)\s+(?P<name>\w+)")
 _CHECK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+_OLD_CHECKS_IMPORT = re.compile(r"^(\s*)from course_lib\.grading import checks\b", re.MULTILINE)
+POLICY_CELL_ID = "policy"
 # The stub's exception, spelled out here so that the library itself contains no stubs.
 _STUB_EXCEPTION = "NotImplementedError"
 ANSWER_PLACEHOLDER = "*Write your answer here.*"
@@ -105,9 +111,43 @@ class Exercise:
             cell.id = f"cell-{index}"
             if cell.cell_type == "code":
                 cell.source = _render_code(cell.source, student=student, where=f"{self.path}, cell {index}")
+                cell.source = _OLD_CHECKS_IMPORT.sub(r"\1from course_lib import checks", cell.source)
             elif cell.cell_type == "markdown":
                 cell.source = _render_markdown(cell.source, student=student, where=f"{self.path}, cell {index}")
+        if self.checks:  # what the functions may call, after the introduction
+            first = next((i for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"), -1)
+            policy = nbformat.v4.new_markdown_cell(self.policy_markdown())
+            policy.id = POLICY_CELL_ID
+            nb.cells.insert(first + 1, policy)
         return nb
+
+    def policy_markdown(self) -> str:
+        """What the exercise's functions may call: a table made from the checks' policies."""
+        from course_lib.checks import policy_for
+
+        from .prepare import check_call
+
+        bodies = {_check_of(cell).name: cell.source for cell in self.source.cells if _check_of(cell) is not None}
+        rows: dict[str, tuple[list[str], list[str]]] = {}
+        for spec in self.checks:
+            function = check_call(bodies[spec.name], spec.name).expression
+            policy = policy_for(spec.name)
+            forbid, reasons = rows.setdefault(function, ([], []))
+            forbid += [name for name in policy.forbid if name not in forbid]
+            if policy.reason and policy.reason not in reasons:
+                reasons.append(policy.reason)
+        lines = [
+            "**What your code may call.** While a check runs your code, what the library already offers for the "
+            "task is replaced by a *tripwire*: calling it fails the check, with a message that names it. "
+            "Everything else (tensor operations, `torch.linalg`, your own functions in this notebook) is allowed.",
+            "",
+            "| your code | may not call | why |",
+            "|---|---|---|",
+        ]
+        for function, (forbid, reasons) in rows.items():
+            names = ", ".join(f"`{name}`" for name in forbid) or "nothing"
+            lines.append(f"| `{function}` | {names} | {'; '.join(reasons)} |")
+        return "\n".join(lines)
 
 
 def check_cell_source(spec: CheckSpec, body: str) -> str:

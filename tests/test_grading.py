@@ -1,20 +1,18 @@
-"""Exercises and their grading: the checks, the notebook builder, and the nbval-based grader.
+"""Exercises and their grading: the checks, their policies, the notebook builder, and the grader.
 
-The checks are tested in-process against the solutions and against plausible wrong answers; the
-grader is tested end to end once, on a batch of submissions run by the real command.
+The checks are tested in-process against the solutions and against plausible wrong answers (and the
+same wrong answers once more through a kernel, as the grader calls them); the grader is tested end to
+end once, on a batch of submissions run by the real command with its default options.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import csv
 import io
 import json
 import math
 import shutil
-import subprocess
-import sys
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -32,8 +30,9 @@ from course_lib.checks.large_batch import lars_reference_local_lr
 from course_lib.checks.lion import lion_reference
 from course_lib.checks.schedule import reference_lrs
 from course_lib.schedules import WarmupCosineLR
-from course_grading.exercises import build_exercises, check_tag, load_exercises
+from course_grading.exercises import POLICY_CELL_ID, build_exercises, check_tag, load_exercises
 from course_grading.grader import find_submissions, prepare
+from test_grading_support import grade_command, row_of, runnable_exercises, solution_notebook, student_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = ROOT / "exercises"
@@ -45,17 +44,22 @@ SEEDS = (0, 1, 2)
 # ----- helpers ----------------------------------------------------------------------------------
 
 
-def definitions(name: str) -> dict:
-    """The functions and classes that the solution notebook of exercise ``name`` defines, with its
-    imports (top-level defs, classes and imports only; no demo runs)."""
-    nb = nbformat.read(EXERCISES / "solutions" / f"{name}.ipynb", as_version=4)
-    namespace: dict = {}
-    for cell in nb.cells:
+def definitions_source(name: str) -> str:
+    """The top-level functions, classes and imports of the solution notebook of exercise ``name`` (no demo
+    runs), as one block of code."""
+    keep = []
+    for cell in solution_notebook(name).cells:
         if cell.cell_type != "code" or cell.id.startswith("check-"):
             continue
-        tree = ast.parse(cell.source)
-        keep = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))]
-        exec(compile(ast.Module(body=keep, type_ignores=[]), f"<{name}>", "exec"), namespace)
+        tree = ast.parse("\n".join(line for line in cell.source.split("\n") if not line.lstrip().startswith(("%", "!"))))
+        keep += [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))]
+    return ast.unparse(ast.Module(body=keep, type_ignores=[]))
+
+
+def definitions(name: str) -> dict:
+    """The functions and classes that the solution notebook of exercise ``name`` defines, with its imports."""
+    namespace: dict = {}
+    exec(compile(definitions_source(name), f"<{name}>", "exec"), namespace)
     return namespace
 
 
@@ -578,7 +582,7 @@ def _paper_eps(mistake):
 
 
 def _eps_scheduler(mistake):
-    from course_lib.capstone.method import paper_eps
+    paper_eps = _paper_eps("")  # the student's own (course_lib's is not allowed here)
 
     class EpsScheduler:
         def __init__(self, optimizer, *, eps_min=1e-9, warmup=200, decay=200, alpha=0.1):
@@ -766,6 +770,56 @@ def test_plausible_wrong_answer_fails_its_check_with_useful_feedback(check, wron
         assert f"seed={seed}" in message
 
 
+# ----- a mistake shows in every check of a function that depends on the mistaken one -------------
+
+
+def _uses(value, name: str) -> bool:
+    """Whether a function, a function nested in it, or a method of a class, refers to the global ``name``."""
+    functions = [value] if hasattr(value, "__code__") else []
+    if isinstance(value, type):
+        functions = [f for f in vars(value).values() if hasattr(f, "__code__")]
+        functions += [f.__wrapped__ for f in vars(value).values() if hasattr(getattr(f, "__wrapped__", None), "__code__")]
+    codes = [f.__code__ for f in functions]
+    while codes:
+        code = codes.pop()
+        if name in code.co_names:
+            return True
+        codes += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return False
+
+
+def _dependents() -> list[tuple[str, str, str, int]]:
+    """(exercise, base check, dependent check, index in WRONG) for every listed mistake of a base check and
+    every other check of its exercise whose function, in the solution, calls the base check's function."""
+    out = []
+    for exercise in ALL.values():
+        namespace = definitions(exercise.name)
+        for base in exercise.checks:
+            base_function = CHECKED_FUNCTION.get(base.name, base.name)
+            for other in exercise.checks:
+                function = namespace[CHECKED_FUNCTION.get(other.name, other.name)]
+                # (two checks of one function, such as the halves of Snapshot, check different behaviours of it)
+                if function is namespace[base_function] or not _uses(function, base_function):
+                    continue
+                out += [(exercise.name, base.name, other.name, i) for i, (c, _, _) in enumerate(WRONG) if c == base.name]
+    return out
+
+
+@pytest.mark.parametrize("exercise, base, dependent, index", _dependents(),
+                         ids=[f"{b}-{d}-{i}" for _, b, d, i in _dependents()])  # fmt: skip
+def test_a_listed_mistake_also_fails_every_check_whose_function_depends_on_it(exercise, base, dependent, index):
+    """The solution's dependent function (run_rmsprop, Lion, the schedulers, part_groups), built on a mistaken
+    base function, must fail its own check too, on every seed: its inputs may not hide the mistake (before,
+    epsilon inside the square root passed run_rmsprop on a third of the seeds, and updating Lion's momentum
+    first passed lion_optimizer on all of them)."""
+    _, wrong, _ = WRONG[index]
+    namespace = definitions(exercise)
+    namespace[CHECKED_FUNCTION.get(base, base)] = wrong  # the dependent function looks it up when it runs
+    function = namespace[CHECKED_FUNCTION.get(dependent, dependent)]
+    for seed in range(20):
+        failure(dependent, function, seed)
+
+
 def test_feedback_names_expected_returned_and_input_and_is_reproducible():
     first = failure("rmsprop_step", _kw(_rmsprop, eps_inside=True), seed=7)
     assert "expected" in first and "got" in first and "on input" in first and "theta = tensor(" in first
@@ -812,6 +866,136 @@ def test_student_exceptions_become_feedback_but_interrupts_are_not_swallowed():
 
     with pytest.raises(KeyboardInterrupt):
         checks.lion_step(interrupted, seed=0)
+
+
+# ----- what the functions may call -----------------------------------------------------------------
+
+
+def _delegating_rmsprop_step(optimizer_class):
+    """rmsprop_step written by calling ``optimizer_class`` (torch's RMSprop or a subclass of it)."""
+
+    def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):
+        param = theta.clone().requires_grad_(True)
+        optimizer = optimizer_class([param], lr=lr, alpha=alpha, eps=eps)
+        optimizer.state[param] = {"step": torch.tensor(0.0), "square_avg": square_avg.clone()}
+        param.grad = grad.clone()
+        optimizer.step()
+        return param.detach(), optimizer.state[param]["square_avg"].clone()
+
+    return rmsprop_step
+
+
+def _course_lib_rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):
+    """rmsprop_step by way of course_lib's own RMSprop."""
+    from course_lib.optim import RMSprop
+
+    return _delegating_rmsprop_step(RMSprop)(theta, grad, square_avg, lr=lr, alpha=alpha, eps=eps)
+
+
+class _EarlierSubclass(torch.optim.RMSprop):  # defined before the check runs, as in an earlier cell
+    pass
+
+
+def _caught_and_hidden(theta, grad, square_avg, *, lr, alpha, eps):
+    """Calls torch's RMSprop, catches whatever goes wrong, and falls back on the right formula."""
+    try:
+        return _delegating_rmsprop_step(torch.optim.RMSprop)(theta, grad, square_avg, lr=lr, alpha=alpha, eps=eps)
+    except Exception:
+        square_avg = alpha * square_avg + (1 - alpha) * grad**2
+        return theta - lr * grad / (square_avg.sqrt() + eps), square_avg
+
+
+DELEGATING = [
+    ("torch's class", _delegating_rmsprop_step(torch.optim.RMSprop), "torch.optim.RMSprop"),
+    ("an alias taken before the check", _delegating_rmsprop_step(getattr(torch.optim, "RMSprop")), "torch.optim.RMSprop"),
+    ("a subclass made earlier", _delegating_rmsprop_step(_EarlierSubclass), "torch.optim.RMSprop"),
+    ("course_lib's class", _course_lib_rmsprop_step, "course_lib.optim.RMSprop"),
+    ("an error caught", _caught_and_hidden, "torch.optim.RMSprop"),
+]
+
+
+@pytest.mark.parametrize("how, fn, name", DELEGATING, ids=[d[0] for d in DELEGATING])
+def test_calling_the_library_for_what_the_exercise_asks_fails_the_check(monkeypatch, how, fn, name):
+    """The policy of rmsprop_step forbids torch's and course_lib's RMSprop: a function that delegates to them
+    fails with a message that names the call, however the class was reached. Without the policy the same
+    function would pass (the tripwires are what stops it)."""
+    message = failure("rmsprop_step", fn, seed=0)
+    assert f"rmsprop_step called {name}, which this exercise does not allow" in message, message
+    assert "write RMSprop's update yourself" in message
+    from course_lib.checks import _policy
+
+    monkeypatch.setitem(_policy.POLICIES, "rmsprop_step", _policy.Policy(("rmsprop_step",), ()))
+    assert run_check("rmsprop_step", fn, seed=0).startswith("\u2713")
+
+
+def test_every_check_declares_its_policy_and_the_solutions_keep_to_it():
+    from course_lib.checks import POLICIES
+
+    assert {spec.name for e in ALL.values() for spec in e.checks} <= set(POLICIES)
+    for exercise in ALL.values():
+        text = exercise.policy_markdown()
+        for spec in exercise.checks:
+            for name in POLICIES[spec.name].forbid:
+                assert f"`{name}`" in text, (exercise.name, name)
+    # (the solutions pass their checks with the tripwires set: test_solution_passes_its_check)
+
+
+def test_registering_ones_own_class_in_torch_is_not_tampering(monkeypatch):
+    """A correct Lion that the notebook also registers as torch.optim.Lion passes: adding a name replaces
+    nothing the checks use. Replacing one that exists (torch.optim.Adam) is still refused."""
+    lion = definitions("05_lion")["Lion"]
+    lion.__module__ = "__main__"  # as if defined in a notebook
+    monkeypatch.setattr(torch.optim, "Lion", lion, raising=False)
+    assert run_check("lion_optimizer", lion, seed=0).startswith("\u2713")
+    fake_adam = type("Adam", (torch.optim.Adam,), {"__module__": "__main__"})
+    monkeypatch.setattr(torch.optim, "Adam", fake_adam)
+    assert "torch.optim.Adam was replaced" in failure("lion_optimizer", lion, seed=0)
+
+
+# ----- the same wrong answers, called through a kernel as the grader calls them -------------------
+
+
+def _wrong_answers_source() -> tuple[str, list[str]]:
+    """The source of this module's wrong answers (their helpers) and the expression of each entry of WRONG."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    helpers = text[text.index("def _rmsprop("): text.index("WRONG = [")]
+    tree = ast.parse(text)
+    wrong = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "WRONG")
+    expressions = [ast.unparse(element.elts[1]) for element in wrong.value.elts]
+    header = "import copy, math, warnings\nimport torch\nfrom course_lib.schedules import WarmupCosineLR\n"
+    return header + helpers, expressions
+
+
+def test_wrong_answers_fail_the_same_way_when_the_check_calls_them_through_a_kernel(tmp_path):
+    """The grader runs each check in its own process and calls the student's code in the kernel, with
+    arguments pickled there and the answers (tensors, parameters by reference, the changes to a model)
+    sent back as data. Every wrong answer must fail with the same advice as in-process."""
+    import time
+
+    from course_grading.kernel import Kernel
+    from course_grading.remote import RemoteFunction
+    from course_grading.sandbox import Workspace
+
+    helpers, expressions = _wrong_answers_source()
+    space = Workspace(tmp_path / "kernel")
+    space.create("notebook.ipynb", "{}")
+    with Kernel(space) as kernel:
+        assert kernel.run(helpers, 120).status == "ok"
+        for (check, _, phrase), expression in zip(WRONG, expressions):
+            assert kernel.run(f"_wrong = {expression}", 60).status == "ok", expression
+            remote = RemoteFunction(kernel, "_wrong", time.monotonic() + 120)
+            with pytest.raises(CheckFailed) as info:
+                with redirect_stdout(io.StringIO()):
+                    getattr(checks, check)(remote, seed=0)
+            assert phrase in str(info.value), (check, expression, str(info.value))
+        # and a right answer passes, the kernel's own objects coming back as the check's
+        for name, check in (("05_lion", "lion_optimizer"), ("12_decay_by_module_type", "part_groups"),
+                            ("07_large_batches", "accumulation_step"), ("09_lr_finder_restore", "snapshot_model")):
+            assert kernel.run(definitions_source(name), 120).status == "ok", name
+            remote = RemoteFunction(kernel, CHECKED_FUNCTION.get(check, check), time.monotonic() + 120)
+            with redirect_stdout(io.StringIO()) as out:
+                getattr(checks, check)(remote, seed=0)
+            assert out.getvalue().startswith(f"\u2713 {check} passed")
 
 
 def test_check_failure_shows_a_message_not_a_traceback_in_jupyter():
@@ -879,8 +1063,8 @@ def test_committed_notebooks_are_what_the_sources_generate(tmp_path: Path):
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_generated_notebooks_hide_solutions_and_keep_checks(name: str):
-    student = nbformat.read(EXERCISES / f"{name}.ipynb", as_version=4)
-    solution = nbformat.read(EXERCISES / "solutions" / f"{name}.ipynb", as_version=4)
+    student = student_notebook(name)
+    solution = solution_notebook(name)
     assert [c.id for c in student.cells] == [c.id for c in solution.cells]
     source_text = (SOURCES / f"{name}.md").read_text()
     n_blocks = source_text.count("# BEGIN SOLUTION")
@@ -889,15 +1073,19 @@ def test_generated_notebooks_hide_solutions_and_keep_checks(name: str):
     for nb in (student, solution):
         text = json.dumps(nb)
         assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        assert "course_lib.grading" not in text  # the checks' former home
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code)
         assert code[0].source.startswith("# Colab: install course_lib (does nothing elsewhere)")
         assert nb.metadata["jupytext"]["formats"] == "ipynb,md:myst"
+        policy = next(c for c in nb.cells if c.id == POLICY_CELL_ID)
+        assert nb.cells.index(policy) == 1 and "may not call" in policy.source
     for spec in ALL[name].checks:
         cell = next(c for c in student.cells if c.id == spec.cell_id)
         assert check_tag(spec.name) in cell.metadata["tags"] and cell.metadata["points"] == spec.points
         assert cell.metadata["editable"] is False and cell.metadata["deletable"] is False
         assert cell.source == next(c for c in solution.cells if c.id == spec.cell_id).source
+        assert "from course_lib import checks" in cell.source
     solution_code = "\n".join(c.source for c in solution.cells if c.cell_type == "code")
     assert "NotImplementedError(" not in solution_code
     assert "Write your answer here" in json.dumps(student) and "Write your answer here" not in json.dumps(solution)
@@ -952,7 +1140,7 @@ def test_stub_message_names_the_enclosing_function_or_uses_the_marker_text(tmp_p
 
 
 def _student(name: str = "05_lion") -> nbformat.NotebookNode:
-    return nbformat.read(EXERCISES / f"{name}.ipynb", as_version=4)
+    return student_notebook(name)
 
 
 def _code_sources(nb) -> list[str]:
@@ -1014,26 +1202,35 @@ def test_prepare_handles_old_notebooks_without_cell_ids():
     assert sorted(s.name for s in checks_at.values()) == ["warmup_cosine_lr", "warmup_cosine_scheduler"]
 
 
-def test_find_submissions_reads_student_names_from_folders_or_prefixes(tmp_path: Path):
-    for relative in [
-        "alice/01_rmsprop.ipynb",
-        "alice/.ipynb_checkpoints/01_rmsprop-checkpoint.ipynb",
-        "bob__02_adam_bias_correction.ipynb",
-        "bob__02-copy.ipynb",
-        "carol/03_adamw-Copy1.ipynb",
-        "carol/03_adamw.ipynb",
-        "nobody.ipynb",
-        "dave/99_unknown.ipynb",
-    ]:
+def test_find_submissions_reads_student_names_and_recognises_copies(tmp_path: Path):
+    files = {
+        "alice/01_rmsprop.ipynb": ("alice", "01_rmsprop"),
+        "alice/Copy of 01_rmsprop.ipynb": ("alice", "01_rmsprop"),  # Colab
+        "alice/02_adam_bias_correction-Copy1.ipynb": ("alice", "02_adam_bias_correction"),  # JupyterLab
+        "alice/03_adamw (1).ipynb": ("alice", "03_adamw"),  # a browser's second download
+        "alice/04_warmup_cosine - Copy.ipynb": ("alice", "04_warmup_cosine"),  # Windows
+        "alice/05_lion copy 2.ipynb": ("alice", "05_lion"),  # macOS
+        "bob__02_adam_bias_correction.ipynb": ("bob", "02_adam_bias_correction"),
+        "Copy of bob__03_adamw (2).ipynb": ("bob", "03_adamw"),
+        "bob__06.ipynb": ("bob", "06_scheduler_ablation"),  # by number
+        "carol/Exercise.ipynb": None,
+        "alice/.ipynb_checkpoints/01_rmsprop-checkpoint.ipynb": None,
+        "alice/notes.txt": None,
+        "nobody.ipynb": None,
+        "dave/99_unknown.ipynb": None,
+    }
+    for relative in files:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("{}")
-    found, warnings = find_submissions(tmp_path, list(ALL.values()))
-    assert [(s.student, s.exercise.name, s.path.name) for s in found] == [
-        ("alice", "01_rmsprop", "01_rmsprop.ipynb"),
-        ("bob", "02_adam_bias_correction", "bob__02_adam_bias_correction.ipynb"),
-        ("carol", "03_adamw", "03_adamw.ipynb"),
-    ]
-    assert len(warnings) == 4  # bob's copy, carol's copy, no student name, unknown exercise
+    found, skipped = find_submissions(tmp_path, list(ALL.values()))
+    got = {str(s.path.relative_to(tmp_path)): (s.student, s.exercise.name) for s in found}
+    assert got == {k: v for k, v in files.items() if v is not None}
+    reasons = {str(s.path.relative_to(tmp_path)): s.reason for s in skipped}
+    assert set(reasons) | set(got) == set(files)  # every file: graded or listed with a reason
+    assert "matches no exercise" in reasons["carol/Exercise.ipynb"]
+    assert "hidden" in reasons["alice/.ipynb_checkpoints/01_rmsprop-checkpoint.ipynb"]
+    assert "not a notebook" in reasons["alice/notes.txt"]
+    assert "no student name" in reasons["nobody.ipynb"]
     with pytest.raises(ValueError, match="not a directory"):
         find_submissions(tmp_path / "missing", list(ALL.values()))
 
@@ -1053,17 +1250,19 @@ class Lion(torch.optim.Optimizer):
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> dict:
-    """One run of the real command on a batch of submissions: every solution, every untouched student
-    notebook, a tampered and looping notebook, and two files that cannot be graded."""
+    """One run of the real command (default options but a 20 s cell limit) on a batch of submissions: every
+    solution, every untouched student notebook, a tampered and looping notebook, a Colab copy next to the
+    untouched original, and files that cannot be graded."""
+    exercises = runnable_exercises()
     folder = tmp_path_factory.mktemp("submissions")
     (folder / "solution").mkdir()
     (folder / "untouched").mkdir()
     for name in ALL:
-        shutil.copy(EXERCISES / "solutions" / f"{name}.ipynb", folder / "solution" / f"{name}.ipynb")
-        shutil.copy(EXERCISES / f"{name}.ipynb", folder / "untouched" / f"{name}.ipynb")
+        shutil.copy(exercises / "solutions" / f"{name}.ipynb", folder / "solution" / f"{name}.ipynb")
+        shutil.copy(exercises / f"{name}.ipynb", folder / "untouched" / f"{name}.ipynb")
     # Mallory solves lion_step but deletes its check cell; her Lion class loops forever and she edits its
     # check cell to print a pass. She deletes the demo after it.
-    nb, solved = _student(), nbformat.read(EXERCISES / "solutions" / "05_lion.ipynb", as_version=4)
+    nb, solved = _student(), solution_notebook("05_lion")
     cells = [c for c in nb.cells if c.id != "check-lion_step"]
     cells = cells[: next(i for i, c in enumerate(cells) if c.id == "check-lion_optimizer") + 1]
     for cell in cells:
@@ -1075,23 +1274,22 @@ def graded(tmp_path_factory) -> dict:
             cell.source = "print('\u2713 lion_optimizer passed')"
     nb.cells = cells
     nbformat.write(nb, folder / "mallory__05_lion.ipynb")
+    # Erin worked in Colab's "Copy of ..." and handed in the untouched original too.
+    (folder / "erin").mkdir()
+    shutil.copy(exercises / "solutions" / "05_lion.ipynb", folder / "erin" / "Copy of 05_lion.ipynb")
+    shutil.copy(exercises / "05_lion.ipynb", folder / "erin" / "05_lion.ipynb")
     (folder / "zoe__01_rmsprop.ipynb").write_text("this is not a notebook")
     (folder / "stray.ipynb").write_text("{}")
-    out, reports = folder.parent / "gradebook.csv", folder.parent / "reports"
-    command = [
-        sys.executable, "-m", "course_grading", "grade", str(folder), "--out", str(out),
-        "--report-dir", str(reports), "--exercises", str(SOURCES), "--cell-timeout", "20", "--jobs", "2",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    (folder / "solution" / "README.txt").write_text("my notes")
+    out = folder.parent / "gradebook.csv"
+    result, rows, reports = grade_command(folder, exercises / "src", out, "--cell-timeout", "20")
     assert result.returncode == 0, result.stderr
-    with open(out, newline="") as handle:
-        rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
-    return {"rows": rows, "reports": reports, "stdout": result.stdout, "stderr": result.stderr}
+    return {"rows": rows, "reports": reports, "stdout": result.stdout, "stderr": result.stderr, "folder": folder}
 
 
 def test_every_solution_gets_full_marks_bonus_included(graded):
     for name, exercise in ALL.items():
-        row = graded["rows"][("solution", name)]
+        row = row_of(graded["rows"], "solution", name)
         assert {spec.name: int(row[spec.name]) for spec in exercise.checks} == {
             spec.name: spec.points for spec in exercise.checks
         }
@@ -1101,7 +1299,7 @@ def test_every_solution_gets_full_marks_bonus_included(graded):
 
 def test_every_untouched_student_notebook_gets_zero_with_feedback(graded):
     for name, exercise in ALL.items():
-        row = graded["rows"][("untouched", name)]
+        row = row_of(graded["rows"], "untouched", name)
         assert int(row["total"]) == 0 and all(row[spec.name] == "0" for spec in exercise.checks)
     report = (graded["reports"] / "untouched.md").read_text()
     assert report.count("| failed |") == sum(len(e.checks) for e in ALL.values())
@@ -1109,7 +1307,7 @@ def test_every_untouched_student_notebook_gets_zero_with_feedback(graded):
 
 
 def test_edited_checks_are_replaced_and_deleted_checks_put_back(graded):
-    row = graded["rows"][("mallory", "05_lion")]
+    row = row_of(graded["rows"], "mallory", "05_lion")
     assert (row["lion_step"], row["lion_optimizer"], row["total"]) == ("4", "0", "4")
     report = (graded["reports"] / "mallory.md").read_text()
     assert "lion_optimizer: the cell was edited; the instructor's version was run" in report
@@ -1118,13 +1316,27 @@ def test_edited_checks_are_replaced_and_deleted_checks_put_back(graded):
 
 def test_a_looping_submission_is_stopped_by_the_timeout_and_costs_only_its_check(graded):
     report = (graded["reports"] / "mallory.md").read_text()
-    assert "| lion_optimizer | 0 / 2 | timed out |" in report and "Timeout of 20" in report
+    assert "| lion_optimizer | 0 / 2 | timed out |" in report and "Timeout of 20 seconds" in report
     assert "| lion_step | 4 / 4 | passed |" in report
 
 
-def test_unreadable_and_unattributable_files_do_not_stop_the_run(graded):
-    row = graded["rows"][("zoe", "01_rmsprop")]
-    assert row["total"] == "0"
+def test_a_colab_copy_is_graded_and_the_best_copy_counts(graded):
+    rows = [r for r in graded["rows"] if r["student"] == "erin"]
+    counted = row_of(graded["rows"], "erin", "05_lion")
+    assert counted["file"] == "erin/Copy of 05_lion.ipynb" and counted["total"] == "6"
+    other = next(r for r in rows if r["file"] == "erin/05_lion.ipynb")
+    assert other["status"] == "not counted" and other["total"] == ""
+
+
+def test_every_file_is_graded_or_listed_with_its_reason(graded):
+    folder = graded["folder"]
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert {r["file"] for r in graded["rows"]} == files
+    status = {r["file"]: r["status"] for r in graded["rows"]}
+    assert status["stray.ipynb"].startswith("not graded: no student name")
+    assert status["solution/README.txt"] == "not graded: not a notebook (.ipynb)"
+    assert row_of(graded["rows"], "zoe", "01_rmsprop")["total"] == "0"
     assert "could not be read" in (graded["reports"] / "zoe.md").read_text()
     assert "stray.ipynb: no student name" in graded["stderr"]
-    assert f"graded {2 * len(ALL) + 2} submissions of 4 students" in graded["stdout"]
+    assert f"graded {2 * len(ALL) + 3} submissions of 5 students" in graded["stdout"]
+    assert "stray.ipynb" in (graded["reports"] / "not_graded.md").read_text()

@@ -1,29 +1,39 @@
-"""Submissions that try to fake their checks, and cells that kill the kernel.
+"""Submissions that try to fake their checks: the verdict is decided outside the kernel.
 
-In-process tests show each attack working against a plain import or a plain ``torch.allclose`` and
-failing against what the checks and the grader do; one end-to-end run of the grading command on a
-small exercise shows the attacks earning nothing in a real kernel, and a notebook whose uninterruptible
-cell killed the kernel keeping the points of every check that does not depend on that cell.
+In-process tests show the comparisons resisting a replaced ``torch.allclose`` in a student's own
+notebook, and the reading of the code that the report relies on. One end-to-end run of the grader on a
+tiny exercise shows each attack earning nothing: a replaced comparison, a fake checks module, IPython
+hooks that hide errors (a custom exception handler, a replaced ``showtraceback``, an input transformer
+that empties the check cells), forged lines in every results file the kernel can find, a function that
+reads the check's expected values from its caller's frames, one that looks for the solutions, and one
+that calls ``torch.optim.RMSprop``. Under the former grader (checks run inside the kernel, nbval reading
+only the errors the kernel published, a results log in the kernel's reach, the repository on its
+``PYTHONPATH``) each of these earned points.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
-import types
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
-import course_grading
+from course_grading.grader import grade
+from course_grading.tampering import hooks, policy_references, tampering
 from course_lib import checks
 from course_lib.checks import CheckFailed
 from course_lib.checks._core import Trials
-from course_grading.exercises import load_exercises
-from course_grading.grader import grade, isolate_checks, prepare, tampering
+from test_grading_support import (
+    TINY_POINTS,
+    read_gradebook,
+    row_of,
+    runnable_exercises,
+    solution_notebook,
+    tiny_exercise,
+    with_cell,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +52,7 @@ def _always(*args, **kwargs):
     return True
 
 
-# ----- the comparisons cannot be replaced from outside ------------------------------------------
+# ----- in a student's own notebook: the comparisons cannot be replaced from outside ---------------
 
 
 def test_replacing_torch_allclose_does_not_change_a_comparison(monkeypatch):
@@ -98,38 +108,15 @@ def test_an_oracle_replaced_by_notebook_code_is_noticed(monkeypatch):
         checks.rmsprop_step(right_rmsprop_step, seed=0)
 
 
-# ----- the grader's check cells load the checks afresh ------------------------------------------
-
-@pytest.fixture(scope="module")
-def rmsprop_exercise(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("src")
-    (folder / "01_rmsprop.md").write_text((ROOT / "exercises" / "src" / "01_rmsprop.md").read_text())
-    (exercise,) = load_exercises(folder)
-    return exercise
+# ----- the reading of the code for the report -----------------------------------------------------
 
 
-def _check_cell(nb, name: str) -> str:
-    return next(c.source for c in nb.cells if c.id == f"check-{name}")
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
 
 
-def test_replacing_the_checks_module_fools_a_plain_import_but_not_the_graders_check_cell(monkeypatch, rmsprop_exercise):
-    fake = types.SimpleNamespace(rmsprop_step=lambda fn, **kwargs: print("\u2713 rmsprop_step passed"))
-    monkeypatch.setattr(course_grading, "checks", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "course_lib.checks", fake)
-    prepared, checks_at, _ = prepare(rmsprop_exercise.student_notebook(), rmsprop_exercise)
-    plain = _check_cell(prepared, "rmsprop_step")
-    exec(plain, {"rmsprop_step": wrong_rmsprop_step})  # the student's copy of the cell is fooled
-    isolated = _check_cell(isolate_checks(prepared, checks_at), "rmsprop_step")
-    assert "from course_lib import checks" not in isolated
-    before = set(sys.modules)
-    with pytest.raises(AssertionError, match="rmsprop_step: theta differs"):  # the fresh module's CheckFailed
-        exec(isolated, {"rmsprop_step": wrong_rmsprop_step})
-    assert set(sys.modules) == before  # the private copy leaves no name behind
-    exec(isolated, {"rmsprop_step": right_rmsprop_step})
-
-
-def test_tampering_names_assignments_to_torch_and_course_lib_under_any_alias():
-    cells = [
+def test_tampering_names_what_replaces_torch_and_course_lib_but_not_what_registers_a_new_name():
+    nb = _notebook(
         "import torch as t\nimport sys\nfrom course_lib import checks\nimport course_lib.checks",
         "t.allclose = lambda *a, **k: True",
         "checks.rmsprop_step = print",
@@ -138,8 +125,8 @@ def test_tampering_names_assignments_to_torch_and_course_lib_under_any_alias():
         "sys.modules['course_lib.checks'] = None",
         "model.weight = 3\nsys.stdout = None\nx.allclose = 1",  # not watched
         "%matplotlib inline\nimport math\nmath.isclose = max",
-    ]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+        "t.optim.Lion = object\nsetattr(t.optim, 'MyOptimizer', object)",  # new names: registering, not replacing
+    )
     assert tampering(nb) == {
         1: ["torch.allclose"],
         2: ["course_lib.checks.rmsprop_step"],
@@ -151,117 +138,258 @@ def test_tampering_names_assignments_to_torch_and_course_lib_under_any_alias():
     assert tampering(nb, skip={1, 2}).keys() == {3, 4, 5, 7}
 
 
-def test_no_solution_is_flagged_for_tampering():
-    solutions = sorted((ROOT / "exercises" / "solutions").glob("*.ipynb"))
-    assert len(solutions) >= 9
-    for path in solutions:
-        assert tampering(nbformat.read(path, as_version=4)) == {}, path.name
+def test_hooks_and_frame_inspection_and_process_signals_are_named():
+    nb = _notebook(
+        "ip = get_ipython()\nip.set_custom_exc((Exception,), lambda *a, **k: None)",
+        "ip.showtraceback = lambda *a, **k: None",
+        "ip.input_transformers_post.append(lambda lines: [])",
+        "import sys\nframe = sys._getframe(1)\nvalues = frame.f_locals",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        "open('../../results-0.jsonl', 'a')\nimport course_grading",
+        "x = torch.stack([a, b])\nsignal_strength = 3",  # harmless
+    )
+    found = hooks(nb)
+    assert "installs a custom exception handler (set_custom_exc)" in found[0]
+    assert "replaces IPython's showtraceback" in found[1]
+    assert "sets input transformers" in found[2]
+    assert {"looks at the caller's frames", "reads a frame's local variables"} <= set(found[3])
+    assert {"sends a signal to a process", "looks up its parent process"} <= set(found[4])
+    assert "mentions the grader" in found[5]
+    assert 6 not in found
 
 
-# ----- end to end: attacks and a cell that kills the kernel -------------------------------------
+def test_no_solution_is_flagged():
+    from course_grading.exercises import load_exercises
 
-HEADER = "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n---\n\n# Tiny\n\n"
+    exercises = {e.name: e for e in load_exercises(runnable_exercises() / "src")}
+    assert len(exercises) >= 13
+    for name, exercise in exercises.items():
+        nb = solution_notebook(name)
+        assert tampering(nb) == {}, name
+        assert hooks(nb) == {}, name
+        assert policy_references(nb, exercise) == {}, name
 
 
-def _cell(source: str, tags: str = "", points: int = 0) -> str:
-    meta = f":tags: [{tags}]\n:points: {points}\n\n" if tags else ""
-    return f"```{{code-cell}} ipython3\n{meta}{source}\n```\n\n"
+def test_a_delegating_function_is_named_for_the_report():
+    from course_grading.exercises import load_exercises
+
+    (exercise,) = [e for e in load_exercises(runnable_exercises() / "src") if e.name == "01_rmsprop"]
+    nb = _notebook(
+        "from torch.optim import RMSprop as R\nimport course_lib.optim as co",
+        "def rmsprop_step(theta, grad, v, *, lr, alpha, eps):\n    o = R([theta], lr=lr)\n    return theta, v",
+        "def run_rmsprop(*a, **k):\n    return co.RMSprop",
+        "reference = R([p], lr=0.1)",  # a comparison at top level is fine
+    )
+    assert policy_references(nb, exercise) == {1: ["torch.optim.RMSprop"], 2: ["course_lib.optim.RMSprop"]}
 
 
-TINY = HEADER + "".join([
-    _cell("import torch\n\nfrom course_lib import checks"),
-    _cell("def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):\n    # BEGIN SOLUTION\n"
-          "    square_avg = alpha * square_avg + (1 - alpha) * grad**2\n"
-          "    return theta - lr * grad / (square_avg.sqrt() + eps), square_avg\n    # END SOLUTION"),
-    _cell("checks.rmsprop_step(rmsprop_step)", "check:rmsprop_step", 3),
-    _cell("def converged_at(losses, target, window):\n    # BEGIN SOLUTION\n"
-          "    for i in range(window - 1, len(losses)):\n"
-          "        if sum(losses[i - window + 1 : i + 1]) / window < target:\n            return i\n"
-          "    return None\n    # END SOLUTION"),
-    _cell("def steps_to_reach(losses, threshold):\n    # BEGIN SOLUTION\n"
-          "    return next((i for i, loss in enumerate(losses) if loss < threshold), None)\n    # END SOLUTION"),
-    _cell("checks.steps_to_reach(steps_to_reach)", "check:steps_to_reach", 1),
-    _cell("checks.converged_at(converged_at)", "check:converged_at", 2),
-])  # fmt: skip
+# ----- end to end: every attack on a tiny exercise ------------------------------------------------
+
+CUSTOM_EXCEPTION_HOOKS = """
+ip = get_ipython()
+ip.set_custom_exc((BaseException,), lambda shell, etype, value, tb, tb_offset=None: None)  # swallow errors
+ip.showtraceback = lambda *args, **kwargs: None  # and show nothing
+ip.input_transformers_post.append(lambda lines: [] if any("checks." in line for line in lines) else lines)
+"""
+
+# Forged "passed" records in every results file near the kernel. SAFE_ROOT (the test's own folder) bounds
+# the search: the test must not write outside it, whatever the grader does.
+FORGE_RESULTS = r"""
+import json, threading, time
+from pathlib import Path
+
+SAFE_ROOT = Path({safe_root!r})
+
+
+def forge():
+    forged = {{"outcome": "passed", "message": "", "duration": 0.1, "kernel_alive": True}}
+    here = [Path.cwd(), *Path.cwd().parents]
+    places = [place for place in here if place == SAFE_ROOT or SAFE_ROOT in place.parents]
+    for place in places:
+        notebooks = ["*"] + [str(p.relative_to(place)) for p in place.glob("**/*.ipynb")][:50]
+        lines = "".join(json.dumps({{"notebook": nb, "cell": cell, **forged}}) + "\n" for nb in notebooks
+                        for cell in range(12))
+        for path in [p for p in place.glob("**/*") if p.suffix in (".jsonl", ".csv", ".json") and p.is_file()][:200]:
+            try:
+                with open(path, "a") as log:
+                    log.write(lines)
+            except OSError:
+                pass
+
+
+def keep_forging():  # so that the forged lines come after the check's own (the last line won)
+    for _ in range(2000):
+        try:
+            forge()
+        except Exception:
+            pass
+        time.sleep(0.03)
+
+
+threading.Thread(target=keep_forging, daemon=True).start()
+"""
+
+READ_THE_FRAMES = """
+def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:  # the check's own loop holds the reference before it calls us
+        if "want_theta" in frame.f_locals and "want_avg" in frame.f_locals:
+            return frame.f_locals["want_theta"].clone(), frame.f_locals["want_avg"].clone()
+        frame = frame.f_back
+    raise RuntimeError("no reference in sight")
+"""
+
+FIND_THE_SOLUTIONS = """
+def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):
+    import json, os, sys
+    from pathlib import Path
+
+    import course_lib
+
+    places = [Path.cwd(), *Path.cwd().parents, *Path(course_lib.__file__).resolve().parents]
+    places += [Path(p) for p in sys.path if p]
+    try:
+        import course_grading  # the grader's package lives next to the solutions
+
+        places += list(Path(course_grading.__file__).resolve().parents)
+    except ImportError:
+        pass
+    for place in places:
+        solution = place / "exercises" / "solutions" / "01_rmsprop.ipynb"
+        if solution.is_file():
+            namespace = {}
+            for cell in json.loads(solution.read_text())["cells"]:
+                source = "".join(cell["source"])
+                if cell["cell_type"] == "code" and source.startswith("def rmsprop_step"):
+                    exec("import torch\\n" + source, namespace)
+                    return namespace["rmsprop_step"](theta, grad, square_avg, lr=lr, alpha=alpha, eps=eps)
+    raise FileNotFoundError("no solutions in sight")
+"""
+
+DELEGATE = """
+from torch.optim import RMSprop
+
+
+def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):
+    param = theta.clone().requires_grad_(True)
+    optimizer = RMSprop([param], lr=lr, alpha=alpha, eps=eps)
+    optimizer.state[param] = {"step": torch.tensor(0.0), "square_avg": square_avg.clone()}
+    param.grad = grad.clone()
+    optimizer.step()
+    return param.detach(), optimizer.state[param]["square_avg"].clone()
+"""
+WRONG_STEP = (
+    "def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):\n"
+    "    square_avg = alpha * square_avg + (1 - alpha) * grad**2\n"
+    "    return theta - lr * grad / (square_avg + eps).sqrt(), square_avg\n"
+)
 UNINTERRUPTIBLE = "import signal\n\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n\n"
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory) -> dict:
-    """One run of the grader (cell timeout 8 s) on three submissions of a tiny exercise."""
+def attacked(tmp_path_factory) -> dict:
+    """One run of the grader (cell limit 10 s, two jobs) on attacks against a tiny exercise."""
     root = tmp_path_factory.mktemp("integrity")
-    (root / "src").mkdir()
-    (root / "src" / "01_tiny.md").write_text(TINY)
-    (exercise,) = load_exercises(root / "src")
+    exercise = tiny_exercise(root)
     folder = root / "submissions"
     folder.mkdir()
-
-    def cell_defining(nb, name):
-        return next(c for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
-
-    # alice: a wrong rmsprop_step (eps inside the root), and torch.allclose made to agree with anything
-    nb = exercise.solution_notebook()
-    cell_defining(nb, "rmsprop_step").source = (
-        "def rmsprop_step(theta, grad, square_avg, *, lr, alpha, eps):\n"
-        "    square_avg = alpha * square_avg + (1 - alpha) * grad**2\n"
-        "    return theta - lr * grad / (square_avg + eps).sqrt(), square_avg\n\n\n"
-        "torch.allclose = lambda *args, **kwargs: True"
-    )
-    nbformat.write(nb, folder / "alice__01_tiny.ipynb")
-    # bob: nothing implemented; a checks module whose every check prints a pass, everywhere it is looked up
-    nb = exercise.student_notebook()
-    nb.cells[1].source += (
-        "\nimport sys, types\nimport course_grading\n\n"
-        "fake = types.SimpleNamespace(**{name: lambda *args, **kwargs: print('\u2713 passed')\n"
+    solution, stub = exercise.solution_notebook(), exercise.student_notebook()
+    notebooks = {
+        # a wrong rmsprop_step (eps inside the root), and torch.allclose made to agree with anything
+        "alice": with_cell(solution, "rmsprop_step", WRONG_STEP + "\n\ntorch.allclose = lambda *args, **kwargs: True"),
+        # the three functions solved, but every error hidden from the display and the check cells emptied
+        "heidi": with_cell(solution, "rmsprop_step", WRONG_STEP + CUSTOM_EXCEPTION_HOOKS),
+        # a wrong rmsprop_step, and forged "passed" lines in every results file the kernel can find
+        "walt": with_cell(solution, "rmsprop_step", WRONG_STEP + FORGE_RESULTS.format(safe_root=str(root))),
+        "fred": with_cell(solution, "rmsprop_step", READ_THE_FRAMES),
+        "sam": with_cell(solution, "rmsprop_step", FIND_THE_SOLUTIONS),
+        "dora": with_cell(solution, "rmsprop_step", DELEGATE),
+        # right answers, but the cell that defines converged_at first loops forever, ignoring SIGINT
+        "carol": with_cell(solution, "converged_at", UNINTERRUPTIBLE + next(
+            c.source for c in solution.cells if "def converged_at(" in c.source)),
+    }
+    bob = stub  # nothing implemented; a checks module whose every check prints a pass, everywhere
+    bob.cells[next(i for i, c in enumerate(bob.cells) if c.cell_type == "code")].source += (
+        "\nimport sys, types\n\n"
+        "fake = types.SimpleNamespace(**{name: lambda *args, **kwargs: print('\\u2713 passed')\n"
         "                                for name in ['rmsprop_step', 'steps_to_reach', 'converged_at']})\n"
-        "course_lib.checks = sys.modules['course_lib.checks'] = checks = fake"
+        "import course_lib\ncourse_lib.checks = sys.modules['course_lib.checks'] = checks = fake"
     )
-    nbformat.write(nb, folder / "bob__01_tiny.ipynb")
-    # carol: right answers, but the cell that defines converged_at first loops forever, ignoring SIGINT.
-    # It comes after the check of rmsprop_step and before that of steps_to_reach.
-    nb = exercise.solution_notebook()
-    cell_defining(nb, "converged_at").source = UNINTERRUPTIBLE + cell_defining(nb, "converged_at").source
-    nbformat.write(nb, folder / "carol__01_tiny.ipynb")
-
-    work = root / "work"
-    graded_list, warnings = grade(
-        folder, exercises_dir=root / "src", out=root / "gradebook.csv", report_dir=root / "reports",
-        cell_timeout=8, jobs=3, workdir=work,
-    )  # fmt: skip
-    assert warnings == []
-    with open(root / "gradebook.csv", newline="") as handle:
-        rows = {r["student"]: r for r in csv.DictReader(handle)}
-    reports = {student: (root / "reports" / f"{student}.md").read_text() for student in rows}
-    return {"rows": rows, "reports": reports, "work": work}
+    notebooks["bob"] = bob
+    for student, nb in notebooks.items():
+        nbformat.write(nb, folder / f"{student}__01_tiny.ipynb")
+    graded, skipped = grade(folder, exercises_dir=root / "src", out=root / "gradebook.csv",
+                            report_dir=root / "reports", cell_timeout=10, jobs=2, workdir=root / "work")  # fmt: skip
+    assert skipped == []
+    rows = read_gradebook(root / "gradebook.csv")
+    reports = {student: (root / "reports" / f"{student}.md").read_text() for student in notebooks}
+    return {"rows": rows, "reports": reports}
 
 
-def test_a_replaced_torch_allclose_earns_nothing(graded):
-    row, report = graded["rows"]["alice"], graded["reports"]["alice"]
-    assert (row["rmsprop_step"], row["total"]) == ("0", "0")
-    assert "torch.allclose was replaced by code in this notebook" in report
-    assert "cell 2 assigns to torch.allclose" in report
+def _points(attacked, student: str) -> dict[str, int]:
+    row = row_of(attacked["rows"], student)
+    return {name: int(row[name]) for name in TINY_POINTS}
 
 
-def test_a_replaced_checks_module_earns_nothing(graded):
-    row, report = graded["rows"]["bob"], graded["reports"]["bob"]
-    assert (row["rmsprop_step"], row["steps_to_reach"], row["converged_at"], row["total"]) == ("0", "0", "0", "0")
+def test_a_replaced_torch_allclose_earns_nothing(attacked):
+    assert _points(attacked, "alice")["rmsprop_step"] == 0
+    assert "cell 3 replaces torch.allclose" in attacked["reports"]["alice"]
+
+
+def test_a_replaced_checks_module_earns_nothing(attacked):
+    assert _points(attacked, "bob") == dict.fromkeys(TINY_POINTS, 0)
+    report = attacked["reports"]["bob"]
     assert report.count("NotImplementedError: Exercise: implement") == 3  # the real checks ran
-    assert "cell 1 assigns to course_lib.checks, sys.modules[...]" in report
+    assert "replaces course_lib.checks, sys.modules[...]" in report
 
 
-def test_a_cell_that_kills_the_kernel_costs_only_the_checks_that_depend_on_it(graded):
-    row, report = graded["rows"]["carol"], graded["reports"]["carol"]
+def test_hooks_that_hide_errors_or_empty_the_check_cells_earn_nothing_and_are_named(attacked):
+    """nbval failed a cell only on a published error: a custom exception handler or a replaced
+    showtraceback made a failing check pass, and an input transformer emptied it."""
+    assert _points(attacked, "heidi") == {"rmsprop_step": 0, "steps_to_reach": 1, "converged_at": 2}
+    report = attacked["reports"]["heidi"]
+    assert "differs from the reference" in report  # the check ran, outside the kernel
+    for what in ("installs a custom exception handler (set_custom_exc)", "replaces IPython's showtraceback",
+                 "sets input transformers"):  # fmt: skip
+        assert what in report
+    assert "its kernel had a custom exception handler (set_custom_exc)" in report
+
+
+def test_forged_results_files_earn_nothing(attacked):
+    """The former grader's per-cell log was in the kernel's reach, and its last line won."""
+    assert _points(attacked, "walt")["rmsprop_step"] == 0
+    assert "differs from the reference" in attacked["reports"]["walt"]
+
+
+def test_reading_the_expected_values_from_the_callers_frames_earns_nothing(attacked):
+    """The former checks computed the reference before calling the student's function, in the same process."""
+    assert _points(attacked, "fred")["rmsprop_step"] == 0
+    report = attacked["reports"]["fred"]
+    assert "raised RuntimeError: no reference in sight" in report
+    assert "looks at the caller's frames" in report
+
+
+def test_the_solutions_are_not_within_the_kernels_reach(attacked):
+    """The former kernels had the repository on their PYTHONPATH: exercises/solutions/ was next door."""
+    assert _points(attacked, "sam")["rmsprop_step"] == 0
+    assert "raised FileNotFoundError: no solutions in sight" in attacked["reports"]["sam"]
+
+
+def test_calling_torch_optim_rmsprop_earns_nothing_and_says_why(attacked):
+    assert _points(attacked, "dora") == {"rmsprop_step": 0, "steps_to_reach": 1, "converged_at": 2}
+    report = attacked["reports"]["dora"]
+    assert "rmsprop_step called torch.optim.RMSprop, which this exercise does not allow" in report
+    assert "cell 3 refers to torch.optim.RMSprop" in report
+    assert "| rmsprop_step | 0 / 3 | failed |" in report
+
+
+def test_a_cell_that_kills_the_kernel_costs_only_the_checks_that_depend_on_it(attacked):
     # before the cell, and after it but independent of it: full points; what it defines: lost
-    assert (row["rmsprop_step"], row["steps_to_reach"], row["converged_at"]) == ("3", "1", "0")
+    assert _points(attacked, "carol") == {"rmsprop_step": 3, "steps_to_reach": 1, "converged_at": 0}
+    report = attacked["reports"]["carol"]
     assert "| converged_at | 0 / 2 | failed |" in report
     assert "NameError: name 'converged_at' is not defined" in report
-    assert "ran past the 8 s limit and could not be interrupted, so the kernel was shut down" in report
+    assert "ran past the 10 s limit and could not be interrupted, so the kernel was shut down" in report
     assert "run again in a fresh kernel with that cell replaced by one that raises an error" in report
-    rerun = nbformat.read(next(graded["work"].glob("*carol/rerun-1/01_tiny.ipynb")), as_version=4)
-    assert any(c.source.startswith("raise RuntimeError('The grader replaced this cell") for c in rerun.cells)
-    # the first run really lost the kernel: the cells after the loop found it dead
-    logs = graded["work"].glob("results-0-*.jsonl")  # the first run's
-    first = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
-    carol = sorted((r["cell"], r["kernel_alive"], r["message"]) for r in first if "carol" in r["notebook"])
-    loop = next(cell for cell, alive, _ in carol if alive is False)
-    assert all("Kernel dead on test start" in message for cell, _, message in carol if cell > loop)

@@ -5,10 +5,15 @@ reference (``torch.optim`` or a closed form), prints one line when it passes, an
 :class:`CheckFailed` saying what was expected, what came back, and on which input. Pass ``seed=`` to
 draw the same inputs again.
 
-Adding an exercise means adding a module here with its checks and importing them below.
+Each module also declares what the functions it checks may call (its ``POLICY``, see
+:mod:`course_lib.checks._policy`): where the task is to implement X, calling torch's or course_lib's X
+fails the check.
+
+Adding an exercise means adding a module here with its checks and its policy, and importing them below.
 """
 
 from ._core import CheckFailed
+from ._policy import POLICIES, Policy, policy_for
 from .ablation import converged_at, make_scheduler
 from .adam import adam_step, adam_step_uncorrected, uncorrected_ratio
 from .adamw import adam_l2_step, adamw_shrink, adamw_step
@@ -25,6 +30,9 @@ from .schedule import warmup_cosine_lr, warmup_cosine_scheduler
 
 __all__ = [
     "CheckFailed",
+    "POLICIES",
+    "Policy",
+    "policy_for",
     "rmsprop_step",
     "run_rmsprop",
     "steps_to_reach",

@@ -6,12 +6,21 @@ or raises :class:`CheckFailed` with what was expected, what came back and on whi
 drawn from a new seed on every run, so a hard-coded answer cannot pass; the seed is printed on failure
 so the same inputs can be drawn again with ``seed=...``.
 
-A check runs in the student's kernel, after the student's code. So that code cannot change a verdict
-by replacing a public function (``torch.allclose = lambda *a, **k: True``), the comparisons here use
-references taken from PyTorch's C bindings, whose attributes cannot be reassigned, and plain float
-arithmetic instead of ``math.isclose``; and every check refuses to start or to pass while a function
-it relies on (a comparison, an oracle in ``torch.optim`` or ``course_lib``) has been replaced by one
-defined in the notebook.
+Every call of the student's code goes through :meth:`Trials.call` (a function called with arguments)
+or :meth:`Trials.probe` (a small scenario, defined next to its check, that drives a class or an object
+of the student's and returns what it observed). Both run the student's code under the exercise's
+delegation policy (:mod:`course_lib.checks._policy`). When a grader passes a :class:`Remote` handle
+instead of the function itself, the check runs in the grader's own process and these two methods send
+the call to the student's kernel and bring back plain values: the reference, the comparison and the
+verdict never enter the process that runs the student's code.
+
+In a student's own notebook the check runs in the notebook's process. So that code there cannot
+change a verdict by replacing a public function (``torch.allclose = lambda *a, **k: True``), the
+comparisons use references taken from PyTorch's C bindings, whose attributes cannot be reassigned, and
+plain float arithmetic instead of ``math.isclose``; and every check refuses to start or to pass while a
+function it relies on (a comparison, an oracle in ``torch.optim`` or ``course_lib``) has been replaced
+by one defined in the notebook. Adding a name of one's own to ``torch.optim`` (registering a class) is
+not replacing one.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-__all__ = ["DTYPE", "CheckFailed", "Trials", "describe", "passed"]
+from ._policy import DelegationError, Policy, policy_for, tripwires
+
+__all__ = ["DTYPE", "CheckFailed", "Remote", "Student", "StudentRaised", "Trials", "describe", "passed"]
 
 DTYPE = torch.float64
 
@@ -59,9 +70,10 @@ def _replaced() -> list[str]:
 
     Exact for the comparisons (``torch.allclose``, ``torch.equal``, ``torch.isclose``, the same methods
     of ``torch.Tensor``, ``math.isclose``); for the oracles, anything defined in the notebook (module
-    ``__main__``) that sits in ``torch``, ``torch.optim``, ``torch.optim.lr_scheduler``,
-    ``torch.nn.functional``, ``torch.linalg``, ``math`` or a module of ``course_lib``, or in the class
-    of an optimizer or scheduler there.
+    ``__main__``) that took the place of a name that ``torch``, ``torch.optim``,
+    ``torch.optim.lr_scheduler``, ``torch.nn.functional``, ``torch.linalg``, ``math`` or a module of
+    ``course_lib`` had when the checks were imported, or of a method of an optimizer or scheduler there.
+    A name the notebook added (``torch.optim.Lion = Lion``) replaces nothing and is not listed.
     """
     found = []
     for name in ("allclose", "equal", "isclose"):
@@ -73,7 +85,10 @@ def _replaced() -> list[str]:
     if not (type(isclose) is types.BuiltinFunctionType and isclose.__name__ == "isclose" and isclose.__self__ is math):
         found.append("math.isclose")
     for label, namespace in _namespaces():
+        original = _ORIGINAL_NAMES.get(label)
         for name, value in list(namespace.items()):
+            if original is not None and name not in original:
+                continue  # added by the notebook: it replaces nothing the checks use
             if getattr(value, "__module__", None) == "__main__" and f"{label}.{name}" not in found:
                 found.append(f"{label}.{name}")
     return found
@@ -93,6 +108,9 @@ def _namespaces() -> Iterator[tuple[str, dict]]:
         for name, value in list(vars(module).items()):
             if isinstance(value, type) and value.__module__.startswith("torch."):
                 yield f"{module.__name__}.{name}", dict(vars(value))
+
+
+_ORIGINAL_NAMES: dict[str, frozenset[str]] = {label: frozenset(space) for label, space in _namespaces()}
 
 
 def _require_originals(check: str) -> None:
@@ -147,6 +165,75 @@ def passed(check: str, detail: str) -> None:
     print(f"\u2713 {check} passed: {detail}")
 
 
+class StudentRaised(Exception):
+    """An exception from the student's code, as a check reports it: during which ``phase`` (the function
+    or method called), its type's name, its message, and where it was raised; or, with ``delegated``, the
+    forbidden name it called. ``index`` numbers the call in :meth:`Trials.call_each`."""
+
+    def __init__(self, phase: str, type_name: str, message: str, where: str = "", *,
+                 delegated: str = "", index: int | None = None) -> None:  # fmt: skip
+        super().__init__(f"{phase} raised {type_name}: {message}")
+        self.phase, self.type_name, self.message, self.where = phase, type_name, message, where
+        self.delegated, self.index = delegated, index
+
+    @classmethod
+    def from_exception(cls, phase: str, error: BaseException) -> "StudentRaised":
+        frames = traceback.extract_tb(error.__traceback__)[1:]  # the first is Student.__call__
+        where = f"\nIt was raised at line {frames[-1].lineno}: {(frames[-1].line or '').strip()}" if frames else ""
+        try:
+            message = str(error)
+        except Exception:  # a student's exception whose __str__ fails
+            message = "(its message could not be shown)"
+        return cls(phase, type(error).__name__, message[:2000], where)
+
+    def to_dict(self) -> dict:
+        return {"phase": self.phase, "type_name": self.type_name, "message": self.message, "where": self.where,
+                "delegated": self.delegated, "index": self.index}  # fmt: skip
+
+
+class Student:
+    """Calls the student's code under an exercise's policy: ``student(phase, fn, *args, **kwargs)``.
+
+    A tripwire that fires, even one whose error the student's code caught, or an exception of the
+    student's, becomes :class:`StudentRaised`. ``KeyboardInterrupt`` passes through.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __call__(self, phase: str, fn: Callable, *args, **kwargs) -> Any:
+        with tripwires(self.policy.forbid) as hits:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:  # the student's code may raise anything
+                if hits or isinstance(error, DelegationError):
+                    raise StudentRaised(phase, "DelegationError", "", delegated=(hits or [error.name])[0]) from None
+                raise StudentRaised.from_exception(phase, error) from None
+            if hits:
+                raise StudentRaised(phase, "DelegationError", "", delegated=hits[0])
+        return result
+
+
+class Remote:
+    """Base of a grader's handle on a function or class that lives in another process (the student's
+    kernel). A check given one sends each call there (:meth:`invoke`) and keeps everything else, the
+    reference values and the verdict, in its own process. Implemented by the grader."""
+
+    __name__ = "your_function"
+
+    def __call__(self, *args, **kwargs) -> Any:
+        return self.invoke(None, self.__name__, args, kwargs, policy_for(""))
+
+    def invoke(self, probe: Callable | None, phase: str, args: tuple, kwargs: dict, policy: Policy) -> Any:
+        """``fn(*args, **kwargs)``, or ``probe(fn, student, *args, **kwargs)``, run where ``fn`` lives;
+        raise :class:`StudentRaised` for an exception of the student's code."""
+        raise NotImplementedError
+
+    def invoke_each(self, phase: str, calls: list[tuple[tuple, dict]], policy: Policy) -> list[Any]:
+        """``[fn(*args, **kwargs) for args, kwargs in calls]`` in one round trip."""
+        raise NotImplementedError
+
+
 class Trials:
     """Random draws and feedback for one run of one check.
 
@@ -166,6 +253,7 @@ class Trials:
         self.seed = secrets.randbelow(2**31) if seed is None else seed
         self.n = n
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.policy: Policy = policy_for(check)
         if not callable(fn):
             raise self.fail(f"expected your function, but got a {type(fn).__name__}: {fn!r:.200}")
 
@@ -214,19 +302,59 @@ class Trials:
         )
 
     def call(self, fn: Callable, name: str, inputs: str, *args, **kwargs) -> Any:
-        """Call the student's ``fn``; an exception it raises becomes feedback naming the input.
+        """Call the student's ``fn(*args, **kwargs)``; an exception it raises, or a call to something its
+        exercise does not allow, becomes feedback naming the input.
 
         ``inputs`` is :func:`describe`'s text. ``KeyboardInterrupt`` (a timeout, the stop button)
         is not caught.
         """
+        return self._invoke(None, fn, name, inputs, args, kwargs)
+
+    def call_each(self, fn: Callable, name: str, calls: list[tuple[str, tuple, dict]]) -> list[Any]:
+        """``[fn(*args, **kwargs) for (inputs, args, kwargs) in calls]``, in order, in one go (one round
+        trip when ``fn`` lives in another process). Inputs must not depend on earlier results."""
+        if not isinstance(fn, Remote):
+            return [self.call(fn, name, inputs, *args, **kwargs) for inputs, args, kwargs in calls]
         try:
-            return fn(*args, **kwargs)
-        except Exception as error:  # the student's code may raise anything
-            frames = traceback.extract_tb(error.__traceback__)[1:]
-            where = ""
-            if frames:
-                where = f"\nIt was raised at line {frames[-1].lineno}: {(frames[-1].line or '').strip()}"
-            raise self.fail(f"{name} raised {type(error).__name__}: {error}{where}\non input\n{inputs}") from None
+            return fn.invoke_each(name, [(args, kwargs) for _, args, kwargs in calls], self.policy)
+        except StudentRaised as error:
+            index = error.index if error.index is not None else 0
+            raise self._raised(error, calls[index][0]) from None
+
+    def probe(self, probe: Callable, fn: Callable, name: str, inputs: str, *args, **kwargs) -> Any:
+        """Run ``probe(fn, student, *args, **kwargs)`` next to the student's code and return what it
+        observed: plain values (numbers, strings, tensors, lists, tuples and dicts of them).
+
+        A probe is a module-level function of a check module that drives the student's class or object
+        through a scenario; it calls the student's code only as ``student(phase, callable, *args)``, so
+        that an exception names its phase and the exercise's policy applies. Arguments must be picklable.
+        """
+        return self._invoke(probe, fn, name, inputs, args, kwargs)
+
+    def _invoke(self, probe: Callable | None, fn: Callable, name: str, inputs: str, args: tuple, kwargs: dict) -> Any:
+        try:
+            if isinstance(fn, Remote):
+                return fn.invoke(probe, name, args, kwargs, self.policy)
+            student = Student(self.policy)
+            return student(name, fn, *args, **kwargs) if probe is None else probe(fn, student, *args, **kwargs)
+        except StudentRaised as error:
+            raise self._raised(error, inputs) from None
+
+    def reraise(self, error: dict, inputs: str) -> CheckFailed:
+        """The failure for an exception of the student's that a probe caught and returned as
+        ``StudentRaised.to_dict()`` (so that what was observed before it can be compared first)."""
+        fields = {key: str(error.get(key) or "") for key in ("phase", "type_name", "message", "where", "delegated")}
+        delegated = fields.pop("delegated")
+        return self._raised(StudentRaised(**fields, delegated=delegated), inputs)
+
+    def _raised(self, error: StudentRaised, inputs: str) -> CheckFailed:
+        if error.delegated:
+            return self.fail(
+                f"{error.phase} called {error.delegated}, which this exercise does not allow: "
+                f"{self.policy.reason or 'write it yourself'}. (While a check runs, {', '.join(self.policy.forbid)} "
+                f"are replaced by tripwires.)\non input\n{inputs}"
+            )
+        return self.fail(f"{error.phase} raised {error.type_name}: {error.message}{error.where}\non input\n{inputs}")
 
     def expect_tuple(self, result: Any, names: tuple[str, ...], fn_name: str) -> tuple:
         """Check that ``result`` is a tuple (or list) of ``len(names)`` values; return it as a tuple."""

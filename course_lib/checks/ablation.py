@@ -25,9 +25,15 @@ from torch.optim import lr_scheduler
 
 from course_lib.schedules import WarmupCosineLR
 
-from ._core import DTYPE, Trials, describe, passed
+from ._core import DTYPE, Student, StudentRaised, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["SCHEDULE_NAMES", "reference_schedule_lrs", "make_scheduler", "converged_at"]
+__all__ = ["SCHEDULE_NAMES", "reference_schedule_lrs", "make_scheduler", "converged_at", "POLICY"]
+
+POLICY = policy(
+    "make_scheduler", "converged_at",
+    reason="the task is to choose and configure torch's schedulers and course_lib's WarmupCosineLR",
+)  # fmt: skip
 
 SCHEDULE_NAMES = ("none", "step", "cosine", "onecycle", "warmup_cosine")
 
@@ -151,30 +157,24 @@ def make_scheduler(fn: Callable, *, seed: int | None = None, trials: int = 3) ->
             )
             peak_lr = run.log_uniform(1e-3, 1.0)
             inputs = describe(name=name, optimizer=f"SGD with lr={peak_lr:.6g}, momentum=0.9", **hyper)
-            param = torch.zeros(1, dtype=DTYPE, requires_grad=True)
-            optimizer = torch.optim.SGD([param], lr=peak_lr, momentum=0.9)
-            scheduler = run.call(fn, "make_scheduler", inputs, name, optimizer, **hyper)
-            if scheduler is not None and not isinstance(scheduler, lr_scheduler.LRScheduler):
+            seen = run.probe(_drive, fn, "make_scheduler", inputs, name, peak_lr, hyper)
+            if seen["type"] is not None:
                 raise run.fail(
                     f"make_scheduler({name!r}, ...) should return a torch.optim.lr_scheduler scheduler (or None "
-                    f"for 'none'), but it returned a {type(scheduler).__name__}, on input\n{inputs}"
+                    f"for 'none'), but it returned a {seen['type']}, on input\n{inputs}"
                 )
-            got: list[float] = []
-            for s in range(total_steps):
-                got.append(float(optimizer.param_groups[0]["lr"]))
-                optimizer.step()
-                if scheduler is None:
-                    continue
-                try:
-                    scheduler.step()
-                except Exception as error:  # the student's scheduler may raise anything
-                    advice = ""
-                    if name == "onecycle":
-                        advice = "\nHint: OneCycleLR(total_steps=...) is the number of optimizer steps of the run."
-                    raise run.fail(
-                        f"scheduler.step() after optimizer step {s} raised {type(error).__name__}: {error}\n"
-                        f"on input\n{inputs}{advice}"
-                    ) from None
+            if seen["error"] and seen["error"].get("delegated"):
+                raise run.reraise(seen["error"], inputs)
+            if seen["error"]:
+                error = seen["error"]
+                advice = ""
+                if name == "onecycle":
+                    advice = "\nHint: OneCycleLR(total_steps=...) is the number of optimizer steps of the run."
+                raise run.fail(
+                    f"scheduler.step() after optimizer step {len(seen['lrs']) - 1} raised {error['type_name']}: "
+                    f"{error['message']}\non input\n{inputs}{advice}"
+                )
+            got = seen["lrs"]
             want = reference_schedule_lrs(name, peak_lr=peak_lr, **hyper)
             if _same(got, want):
                 continue
@@ -250,3 +250,24 @@ def converged_at(fn: Callable, *, seed: int | None = None, trials: int = 8) -> N
             advice = f"\nHint: the first trailing mean needs {window} losses: no step before {window - 1} counts."
         raise run.fail(f"converged_at returned {got!r}, expected {expected!r}, on input\n{inputs}{advice}")
     passed("converged_at", f"{run.n} random loss curves, including a target never reached")
+
+
+def _drive(fn: Callable, student: Student, name: str, peak_lr: float, hyper: dict) -> dict:
+    """Probe: the lr of each optimizer step under ``fn(name, optimizer, **hyper)`` (an SGD with momentum
+    0.9 at ``peak_lr``), the scheduler stepped after every optimizer step; stops at its first exception."""
+    param = torch.zeros(1, dtype=DTYPE, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=peak_lr, momentum=0.9)
+    scheduler = student("make_scheduler", fn, name, optimizer, **hyper)
+    if scheduler is not None and not isinstance(scheduler, lr_scheduler.LRScheduler):
+        return {"type": type(scheduler).__name__, "lrs": [], "error": None}
+    lrs: list = []
+    for _ in range(hyper["total_steps"]):
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()  # no gradient: nothing moves; torch wants a step before each scheduler step
+        if scheduler is None:
+            continue
+        try:
+            student("scheduler.step", scheduler.step)
+        except StudentRaised as error:
+            return {"type": None, "lrs": lrs, "error": error.to_dict()}
+    return {"type": None, "lrs": lrs, "error": None}

@@ -16,8 +16,16 @@ from typing import Callable, Sequence
 import torch
 
 from ._core import Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["adam_step", "adam_step_uncorrected", "uncorrected_ratio"]
+__all__ = ["adam_step", "adam_step_uncorrected", "uncorrected_ratio", "POLICY"]
+
+POLICY = policy(
+    "adam_step", "adam_step_uncorrected",
+    forbid=("torch.optim.Adam", "torch.optim.AdamW", "course_lib.optim.Adam", "course_lib.optim.AdamW"),
+    reason="the task is to write Adam's update yourself, with tensor operations",
+)  # fmt: skip
+policy("uncorrected_ratio", reason="plain arithmetic is all it takes")
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

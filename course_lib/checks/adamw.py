@@ -19,9 +19,17 @@ from typing import Callable
 import torch
 
 from ._core import DTYPE, Trials, describe, passed
+from ._policy import policy
 from .adam import _check_adam_like, _random_adam_run, torch_adam_states
 
-__all__ = ["adamw_step", "adam_l2_step", "adamw_shrink"]
+__all__ = ["adamw_step", "adam_l2_step", "adamw_shrink", "POLICY"]
+
+POLICY = policy(
+    "adamw_step", "adam_l2_step",
+    forbid=("torch.optim.Adam", "torch.optim.AdamW", "course_lib.optim.Adam", "course_lib.optim.AdamW"),
+    reason="the task is to write the update yourself (your adam_step from exercise 2 is yours to reuse)",
+)  # fmt: skip
+policy("adamw_shrink", reason="plain arithmetic is all it takes")
 
 _L2_IN_ADAMW = (
     "m was computed from grad + weight_decay * theta: that is L2 regularization (Adam's weight_decay). "

@@ -25,8 +25,16 @@ from course_lib.param_groups import (
 )
 
 from ._core import Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["decay_groups", "part_groups", "random_model", "Gate"]
+__all__ = ["decay_groups", "part_groups", "random_model", "Gate", "POLICY"]
+
+POLICY = policy(
+    "decay_groups", "part_groups",
+    forbid=("course_lib.param_groups.decays", "course_lib.param_groups.weight_decay_groups",
+            "course_lib.param_groups.discriminative_lr_groups", "course_lib.param_groups.layerwise_lr_groups"),
+    reason="the task is to write the rule yourself (your decay_groups is yours to reuse in part_groups)",
+)  # fmt: skip
 
 # Names that suggest the opposite of what the module is.
 _LINEAR_NAMES = ("bias_proj", "ln_out", "norm_gate", "emb_proj", "layernorm_in", "bn_adapter")
@@ -220,11 +228,15 @@ def decay_groups(fn: Callable, *, seed: int | None = None, trials: int = 5) -> N
     passed("decay_groups", f"{run.n} random models with misleading names match course_lib's weight_decay_groups")
 
 
-def _part_model(run: Trials) -> tuple[nn.Module, dict[str, float]]:
+def _part_model(run: Trials, trial: int) -> tuple[nn.Module, dict[str, float]]:
+    """Three parts; in trial 0 the head has a tied table and 'body2' a frozen layer, so that every mistake
+    :func:`decay_groups` lists shows inside a part too."""
     model = _Container()
     lrs: dict[str, float] = {}
     for part in ("body", "body2", "head"):  # 'body' is a prefix of 'body2' on purpose
-        model.add_module(part, random_model(run, freeze=part == "body2" and bool(run.integer(0, 1))))
+        freeze = part == "body2" and (trial == 0 or bool(run.integer(0, 1)))
+        tie = True if trial == 0 and part == "head" else None
+        model.add_module(part, random_model(run, tie=tie, freeze=freeze))
         lrs[part] = run.log_uniform(1e-5, 1e-1)
     return model, lrs
 
@@ -235,8 +247,8 @@ def part_groups(fn: Callable, *, seed: int | None = None, trials: int = 4) -> No
     Each trainable parameter must be in one group whose ``lr`` and ``weight_decay`` are those of
     ``course_lib.param_groups.discriminative_lr_groups``."""
     run = Trials("part_groups", fn, seed, trials)
-    for _ in run:
-        model, lrs = _part_model(run)
+    for trial in run:
+        model, lrs = _part_model(run, trial)
         weight_decay = run.log_uniform(1e-3, 0.5)
         inputs = describe(lrs=lrs, weight_decay=weight_decay) + f"\n  model = {model!r}"
         got = run.call(fn, "part_groups", inputs, model, dict(lrs), weight_decay)

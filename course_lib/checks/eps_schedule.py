@@ -20,9 +20,16 @@ import torch
 from course_lib.capstone.method import PaperEpsScheduler
 from course_lib.capstone.method import paper_eps as course_paper_eps
 
-from ._core import DTYPE, Trials, describe, passed
+from ._core import DTYPE, Student, StudentRaised, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["paper_eps", "eps_scheduler", "eps_floor_step", "reference_floor_step"]
+__all__ = ["paper_eps", "eps_scheduler", "eps_floor_step", "reference_floor_step", "POLICY"]
+
+POLICY = policy(
+    "paper_eps", "eps_scheduler", "eps_floor_step",
+    forbid=("course_lib.capstone.method.paper_eps", "course_lib.capstone.method.PaperEpsScheduler"),
+    reason="the task is to write equation 2 and its scheduler yourself (your paper_eps is yours to reuse)",
+)  # fmt: skip
 
 _AS_WRITTEN = (
     "equation 2 uses t itself in its second piece, not t - T_w: the two pieces do not meet at T_w, and that "
@@ -81,9 +88,8 @@ def paper_eps(fn: Callable, *, seed: int | None = None, trials: int = 5) -> None
         steps = {0, 1, warmup, warmup + 1, run.integer(warmup, warmup + 3 * decay), int(min(floor, 1e15)) + 1, 10**6}
         if warmup > 1:
             steps |= {warmup - 1, run.integer(1, warmup - 1)}
-        for t in sorted(steps):
-            inputs = describe(t=t, **schedule)
-            got = run.call(fn, "paper_eps", inputs, t, **schedule)
+        calls = [(describe(t=t, **schedule), (t,), schedule) for t in sorted(steps)]
+        for (inputs, (t,), _), got in zip(calls, run.call_each(fn, "paper_eps", calls)):
             run.expect_close(
                 f"eps at step {t}", got, course_paper_eps(t, **schedule), inputs, rtol=1e-12, atol=0.0,
                 hints=_mistakes(t, **schedule),
@@ -129,7 +135,7 @@ def eps_scheduler(cls: Callable, *, seed: int | None = None, trials: int = 3) ->
     two or three groups of different eps."""
     run = Trials("eps_scheduler", cls, seed, trials)
     for trial in run:
-        eps = [run.log_uniform(1e-9, 1e-6) for _ in range(2 + trial % 2)]
+        eps = [run.log_uniform(1e-9, 1e-8 if trial == 0 else 1e-6) for _ in range(2 + trial % 2)]
         settings = dict(
             eps_min=min(min(eps), 1e-8) * run.uniform(0.01, 0.6),
             warmup=0 if trial == 1 else run.integer(1, 10),
@@ -137,20 +143,23 @@ def eps_scheduler(cls: Callable, *, seed: int | None = None, trials: int = 3) ->
             alpha=run.uniform(0.1, 3.0),
         )
         n_steps = settings["warmup"] + run.integer(10, 25)
+        if trial == 0:  # the floor acts within the run: a late eps_min would hide a missing max()
+            settings["alpha"] = run.uniform(2.0, 3.0)
+            settings["decay"] = run.integer(1, 3)
+            settings["eps_min"] = min(eps) * run.uniform(0.3, 0.6)  # below 1e-8, as the paper's base
         inputs = describe(group_eps=eps, **settings)
+        seen = run.probe(_drive, cls, run.fn_name, inputs, eps, n_steps, settings)
+        if seen["type"] is not None:
+            raise run.fail(f"{run.fn_name}(optimizer, ...) should have a step() method; it is a {seen['type']}.")
+        got = seen["eps"]
         expected = _eps_run(eps, n_steps, lambda opt: PaperEpsScheduler(opt, **settings), lambda s: s.step())
-
-        def build(optimizer):
-            scheduler = run.call(cls, run.fn_name, inputs, optimizer, **settings)
-            if not callable(getattr(scheduler, "step", None)):
-                raise run.fail(f"{run.fn_name}(optimizer, ...) should have a step() method; it is a "
-                               f"{type(scheduler).__name__}.")
-            return scheduler
-
-        got = _eps_run(eps, n_steps, build, lambda s: run.call(s.step, "step", inputs))
-        for t, g in ((t, g) for t in range(n_steps) for g in range(len(eps))):
-            if math.isclose(got[t][g], expected[t][g], rel_tol=1e-12, abs_tol=0.0):
+        for t, g in ((t, g) for t in range(len(got)) for g in range(len(eps))):
+            number = isinstance(got[t][g], (int, float)) and not isinstance(got[t][g], bool)
+            if number and math.isclose(got[t][g], expected[t][g], rel_tol=1e-12, abs_tol=0.0):
                 continue
+            if not number:
+                raise run.fail(f"before optimizer step {t}, param group {g} holds eps {got[t][g]!r:.100}, not a "
+                               f"number, on input\n{inputs}")
             message = (f"before optimizer step {t}, param group {g} holds eps {got[t][g]:.10g}, expected "
                        f"paper_eps({t}) = {expected[t][g]:.10g}, on input\n{inputs}")
             mine = [row[g] for row in got]
@@ -176,6 +185,8 @@ def eps_scheduler(cls: Callable, *, seed: int | None = None, trials: int = 3) ->
             }
             advice = next((a for a, values in candidates.items() if _same(mine, values)), None)
             raise run.fail(message + (f"\nHint: {advice}" if advice else ""))
+        if seen["error"]:
+            raise run.reraise(seen["error"], inputs)
     passed("eps_scheduler", f"{run.n} random multi-group runs match PaperEpsScheduler step by step")
 
 
@@ -235,3 +246,27 @@ def eps_floor_step(fn: Callable, *, seed: int | None = None, trials: int = 5) ->
             },
         )  # fmt: skip
     passed("eps_floor_step", f"{run.n} random schedules match a search over paper_eps")
+
+
+def _drive(cls: Callable, student: Student, eps: list[float], n_steps: int, settings: dict) -> dict:
+    """Probe: the eps of each param group before each of ``n_steps`` AdamW steps under the scheduler
+    ``cls(optimizer, **settings)``, stepped after every optimizer step; stops at its first exception."""
+    params = [torch.zeros(2, dtype=DTYPE, requires_grad=True) for _ in eps]
+    optimizer = torch.optim.AdamW([{"params": [p], "eps": e} for p, e in zip(params, eps)], lr=1e-3)
+    scheduler = student(getattr(cls, "__name__", "EpsScheduler"), cls, optimizer, **settings)
+    if not callable(getattr(scheduler, "step", None)):
+        return {"type": type(scheduler).__name__, "eps": [], "error": None}
+    seen = []
+    for _ in range(n_steps):
+        seen.append([g["eps"] for g in optimizer.param_groups])
+        for p in params:
+            p.grad = torch.ones_like(p)
+        try:
+            optimizer.step()
+            student("step", scheduler.step)
+        except StudentRaised as error:
+            return {"type": None, "eps": seen, "error": error.to_dict()}
+        except Exception as error:  # the student's eps broke AdamW's step
+            raised = StudentRaised.from_exception("optimizer.step() with the eps your scheduler set", error)
+            return {"type": None, "eps": seen, "error": raised.to_dict()}
+    return {"type": None, "eps": seen, "error": None}

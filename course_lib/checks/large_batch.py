@@ -28,8 +28,16 @@ from torch import nn
 from course_lib.optim import LARS
 
 from ._core import DTYPE, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["accumulation_step", "lars_local_lr", "lars_reference_local_lr", "autocast_gradients"]
+__all__ = ["accumulation_step", "lars_local_lr", "lars_reference_local_lr", "autocast_gradients", "POLICY"]
+
+POLICY = [
+    policy("accumulation_step", "autocast_gradients",
+           reason="the task is to drive the model and optimizer you are given; any of torch's functions may help"),
+    policy("lars_local_lr", forbid=("course_lib.optim.LARS",),
+           reason="the task is to write LARS's local rate yourself, from the two norms"),
+]  # fmt: skip
 
 _DIVIDE = (
     "divide each micro-batch's loss by the number of micro-batches (in general: weight it by its share of the "

@@ -21,8 +21,18 @@ from course_lib.optim.muon import newton_schulz as course_newton_schulz
 from course_lib.optim.schedule_free import ScheduleFreeAdamW
 
 from ._core import DTYPE, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["newton_schulz", "svd_orthogonalize", "schedule_free_weights", "random_matrix", "svd_polynomial"]
+__all__ = ["newton_schulz", "svd_orthogonalize", "schedule_free_weights", "random_matrix", "svd_polynomial", "POLICY"]
+
+POLICY = [
+    policy("newton_schulz", forbid=("course_lib.optim.muon.newton_schulz", "course_lib.optim.Muon", "torch.optim.Muon"),
+           reason="the task is to write the Newton-Schulz iteration yourself"),
+    policy("svd_orthogonalize", forbid=("course_lib.optim.muon.newton_schulz", "course_lib.optim.Muon", "torch.optim.Muon"),
+           reason="the task is the exact orthogonalization, from torch.linalg.svd"),
+    policy("schedule_free_weights", forbid=("course_lib.optim.schedule_free.*", "schedulefree.*"),
+           reason="the task is to write the weights yourself"),
+]  # fmt: skip
 
 CUBIC = (1.5, -0.5, 0.0)
 _NOT_BACK = "a tall matrix is transposed to wide for the iteration; transpose the result back to G's shape."
@@ -172,7 +182,7 @@ def svd_orthogonalize(fn: Callable, *, seed: int | None = None, trials: int = 5)
 
 
 def _weights(lr: float, warmup: int, n: int, power: float = 2.0, shift: int = 0) -> list[float]:
-    """c_1..c_n for warmed-up rates lr * min(1, (k + shift) / warmup) and weights lr_k ** power."""
+    """c_2..c_{n+1} for warmed-up rates lr * min(1, (k + shift) / warmup) and weights lr_k ** power."""
     out, total = [], 0.0
     for k in range(1, n + 1):
         rate = lr * (min(1.0, max(k + shift, 0) / warmup) if warmup > 0 else 1.0)
@@ -182,7 +192,7 @@ def _weights(lr: float, warmup: int, n: int, power: float = 2.0, shift: int = 0)
 
 
 def schedule_free_weights(fn: Callable, *, seed: int | None = None, trials: int = 5) -> None:
-    """Check ``fn(lr, warmup_steps, n_steps) -> [c_1, ..., c_n]``: the averaging weights of schedule-free
+    """Check ``fn(lr, warmup_steps, n_steps) -> [c_2, ..., c_{n+1}]``: the averaging weights of schedule-free
     AdamW (``r = 0``, ``weight_lr_power = 2``). The oracle reads ``average_weight`` from the param group of
     :class:`~course_lib.optim.schedule_free.ScheduleFreeAdamW` after each of ``n_steps`` steps."""
     run = Trials("schedule_free_weights", fn, seed, trials)
@@ -210,9 +220,9 @@ def schedule_free_weights(fn: Callable, *, seed: int | None = None, trials: int 
                            f"{type(got).__name__}: {got!r:.200}")
         as_tensor = lambda values: torch.tensor(values, dtype=DTYPE)  # noqa: E731
         run.expect_tensor(
-            "[c_1, ..., c_n]", got, as_tensor(expected), inputs, rtol=1e-9, atol=1e-12,
+            "[c_2, ..., c_{n+1}]", got, as_tensor(expected), inputs, rtol=1e-9, atol=1e-12,
             hints={
-                "c_t = 1 / t is the plain average; schedule-free weights step t by its squared learning rate, "
+                "c_{t+1} = 1 / t is the plain average; schedule-free weights step t by its squared learning rate, "
                 "so the small steps of warmup count little.": as_tensor([1 / k for k in range(1, n_steps + 1)]),
                 "the weight of a step is its learning rate squared (weight_lr_power = 2), not the rate itself.": (
                     as_tensor(_weights(lr, warmup, n_steps, power=1.0))

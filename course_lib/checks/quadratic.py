@@ -17,8 +17,16 @@ from typing import Callable
 import torch
 
 from ._core import DTYPE, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["gd_step", "max_stable_lr", "convergence_factor", "random_spd"]
+__all__ = ["gd_step", "max_stable_lr", "convergence_factor", "random_spd", "POLICY"]
+
+POLICY = [
+    policy("gd_step", forbid=("torch.optim.SGD", "course_lib.optim.SGD"),
+           reason="the task is to write the step yourself, from the gradient H theta - b"),
+    policy("max_stable_lr", "convergence_factor",
+           reason="the task is the formula; torch.linalg (eigvalsh) is there to compute eigenvalues"),
+]  # fmt: skip
 
 
 def random_spd(run: Trials, n: int, low: float = 1e-2, high: float = 1e2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,16 @@ import torch
 from course_lib.optim.quantization import dequantize_blockwise, quantize_blockwise, signed_map, unsigned_map
 
 from ._core import Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["quantize_block", "dequantize_block"]
+__all__ = ["quantize_block", "dequantize_block", "POLICY"]
+
+POLICY = policy(
+    "quantize_block", "dequantize_block",
+    forbid=("course_lib.optim.quantization.quantize_blockwise", "course_lib.optim.quantization.dequantize_blockwise",
+            "bitsandbytes.functional.quantize_blockwise", "bitsandbytes.functional.dequantize_blockwise"),
+    reason="the task is to quantize a block yourself (the maps signed_map and unsigned_map are yours to use)",
+)  # fmt: skip
 
 BLOCK = 256
 _TIE = 1e-6  # a returned index may differ from the reference's where both codes are as near (round-off)

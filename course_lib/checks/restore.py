@@ -24,9 +24,15 @@ from torch import nn
 
 from course_lib.train.lr_finder import lr_range_test
 
-from ._core import Trials, describe, passed
+from ._core import Student, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["snapshot_model", "snapshot_optimizer", "training_state"]
+__all__ = ["snapshot_model", "snapshot_optimizer", "training_state", "POLICY"]
+
+POLICY = policy(
+    "snapshot_model", "snapshot_optimizer",
+    reason="the task is to keep and restore copies; any of torch's functions may help",
+)  # fmt: skip
 
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop")
 
@@ -158,22 +164,39 @@ def _run_scenario(run: Trials, trial: int, cls: Callable) -> _Scenario:
         for p, q in zip(model.parameters(), twin.parameters()):  # deepcopy leaves a Parameter's grad behind
             q.grad = None if p.grad is None else p.grad.clone()
         rng = torch.get_rng_state()
+        inputs = describe(setting=text)
+        seen = run.probe(_drive, cls, run.fn_name, inputs, model, optimizer, data, rng)
+        if seen["type"] is not None:
+            raise run.fail(f"{run.fn_name}(model, optimizer) should have a restore() method, but it is a {seen['type']}")
+        torch.set_rng_state(rng)
         lr_range_test(twin, twin_optimizer, data, _loss, start_lr=1e-4, end_lr=1.0, num_steps=8)
         reference = training_state(twin, twin_optimizer)
-        torch.set_rng_state(rng)
-        inputs = describe(setting=text)
-        snapshot = run.call(cls, run.fn_name, inputs, model, optimizer)
-        if not callable(getattr(snapshot, "restore", None)):
-            kind = type(snapshot).__name__
-            raise run.fail(f"{run.fn_name}(model, optimizer) should have a restore() method, but it is a {kind}")
-        before, after = [], []
-        for n in range(2):  # restore() may be called more than once
-            what = "a sweep after Snapshot(model, optimizer)" if n == 0 else "a sweep after restore()"
-            run.call(_sweep, what, inputs, model, optimizer, data)
-            before.append(training_state(model, optimizer))
-            run.call(snapshot.restore, "restore", inputs)
-            after.append(training_state(model, optimizer))
+        before = [TrainingState(**state) for state in seen["before"]]
+        after = [TrainingState(**state) for state in seen["after"]]
         return _Scenario(text, fresh, reference, before, after)
+
+
+def _drive(cls: Callable, student: Student, model: nn.Module, optimizer: torch.optim.Optimizer, data, rng) -> dict:
+    """Probe: take the snapshot ``cls(model, optimizer)`` with torch's generator at ``rng``, then twice a
+    sweep and ``restore()``; the training state just before and just after each restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(rng)
+            snapshot = student(getattr(cls, "__name__", "Snapshot"), cls, model, optimizer)
+            if not callable(getattr(snapshot, "restore", None)):
+                return {"type": type(snapshot).__name__}
+            before, after = [], []
+            for n in range(2):  # restore() may be called more than once
+                what = "a sweep after Snapshot(model, optimizer)" if n == 0 else "a sweep after restore()"
+                student(what, _sweep, model, optimizer, data)
+                before.append(vars(training_state(model, optimizer)))
+                student("restore", snapshot.restore)
+                after.append(vars(training_state(model, optimizer)))
+            return {"type": None, "before": before, "after": after}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _difference(run: Trials, what: str, scenario: _Scenario, n: int, advice: str, **values: Any) -> Exception:

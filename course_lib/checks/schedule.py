@@ -20,9 +20,16 @@ from typing import Callable
 
 import torch
 
-from ._core import DTYPE, Trials, describe, passed
+from ._core import DTYPE, Student, StudentRaised, Trials, describe, passed
+from ._policy import policy
 
-__all__ = ["warmup_cosine_lr", "warmup_cosine_scheduler"]
+__all__ = ["warmup_cosine_lr", "warmup_cosine_scheduler", "POLICY"]
+
+POLICY = policy(
+    "warmup_cosine_lr", "warmup_cosine_scheduler",
+    forbid=("course_lib.schedules.WarmupCosineLR", "course_lib.schedules.warmup_cosine_factor"),
+    reason="the task is to write the schedule yourself (torch's LambdaLR is the way to drive an optimizer with it)",
+)  # fmt: skip
 
 _WARMUP = "the warmup starts at 0 on step 0 and reaches peak_lr at step warmup_steps: peak_lr * s / warmup_steps."
 _COSINE_START = "the cosine starts at step warmup_steps: progress = (s - warmup_steps) / (total_steps - warmup_steps)."
@@ -78,9 +85,10 @@ def warmup_cosine_lr(fn: Callable, *, seed: int | None = None, trials: int = 6) 
     for trial in run:
         schedule = _random_schedule(run, trial)
         n_steps = schedule["total_steps"] + 4
-        for s, want in enumerate(reference_lrs(**schedule, n_steps=n_steps)):
-            inputs = describe(step=s, **schedule)
-            got = run.call(fn, "warmup_cosine_lr", inputs, s, **schedule)
+        calls = [(describe(step=s, **schedule), (s,), schedule) for s in range(n_steps)]
+        results = run.call_each(fn, "warmup_cosine_lr", calls)
+        for s, (want, got) in enumerate(zip(reference_lrs(**schedule, n_steps=n_steps), results)):
+            inputs = calls[s][0]
             run.expect_close(f"the learning rate at step {s}", got, want, inputs, hints=_schedule_hints(s, **schedule))
     passed("warmup_cosine_lr", f"{run.n} random schedules match torch's CosineAnnealingLR after a linear warmup")
 
@@ -95,18 +103,15 @@ def warmup_cosine_scheduler(fn: Callable, *, seed: int | None = None, trials: in
     for trial in run:
         schedule = _random_schedule(run, trial)
         peak = schedule.pop("peak_lr")
-        param = torch.zeros(1, dtype=DTYPE, requires_grad=True)
-        optimizer = torch.optim.SGD([param], lr=peak)
         inputs = describe(optimizer=f"SGD with lr={peak:.6g}", **schedule)
-        scheduler = run.call(fn, "warmup_cosine_scheduler", inputs, optimizer, **schedule)
-        if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        n_steps = schedule["total_steps"] + 4
+        seen = run.probe(_drive_scheduler, fn, "warmup_cosine_scheduler", inputs, peak, schedule, n_steps)
+        if seen["type"] is not None:
             raise run.fail(
                 "warmup_cosine_scheduler should return a torch.optim.lr_scheduler scheduler (e.g. LambdaLR), "
-                f"but it returned a {type(scheduler).__name__}."
+                f"but it returned a {seen['type']}."
             )
-        expected = reference_lrs(peak, **schedule, n_steps=schedule["total_steps"] + 4)
-        for s, want in enumerate(expected):
-            got = optimizer.param_groups[0]["lr"]
+        for s, (want, got) in enumerate(zip(reference_lrs(peak, **schedule, n_steps=n_steps), seen["lrs"])):
             run.expect_close(
                 f"the optimizer's lr at step {s}",
                 got,
@@ -115,6 +120,25 @@ def warmup_cosine_scheduler(fn: Callable, *, seed: int | None = None, trials: in
                 hints={"LambdaLR multiplies the initial lr by what the lambda returns: return a factor, "
                 "lr / peak_lr, not the learning rate itself.": want * peak},
             )
-            optimizer.step()
-            run.call(scheduler.step, "scheduler.step", inputs)
+        if seen["error"]:
+            raise run.reraise(seen["error"], inputs)
     passed("warmup_cosine_scheduler", f"{run.n} random schedules drive an optimizer's lr correctly")
+
+
+def _drive_scheduler(fn: Callable, student: Student, peak: float, schedule: dict, n_steps: int) -> dict:
+    """Probe: the optimizer's lr before each of ``n_steps`` steps under ``fn(optimizer, **schedule)``,
+    stepped once after every optimizer step; stops at the first exception of the scheduler's."""
+    param = torch.zeros(1, dtype=DTYPE, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=peak)
+    scheduler = student("warmup_cosine_scheduler", fn, optimizer, **schedule)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        return {"type": type(scheduler).__name__, "lrs": [], "error": None}
+    lrs = []
+    for _ in range(n_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradient: nothing moves; torch wants a step before each scheduler step
+        try:
+            student("scheduler.step", scheduler.step)
+        except StudentRaised as error:
+            return {"type": None, "lrs": lrs, "error": error.to_dict()}
+    return {"type": None, "lrs": lrs, "error": None}
