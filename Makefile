@@ -19,7 +19,7 @@ export COURSE_CLAIMS := strict
 # ATen's portable kernels, so every `make test` checks that no claim hangs on one path's rounding.
 NBVAL_CPU_CAPABILITY ?= default
 
-.PHONY: help venv book lab notebooks-branch test test-lib test-notebooks test-book test-portability chromium sync clean bench
+.PHONY: help venv book lab notebooks-branch test test-lib test-notebooks test-book test-portability chromium bwrap sync clean bench
 
 help:
 	@echo "make book   - create .venv, install pinned dependencies, build the book (HTML in _build/html)"
@@ -69,7 +69,7 @@ notebooks-branch: venv
 
 test: test-lib test-notebooks test-book
 
-test-lib: venv
+test-lib: venv bwrap
 	$(PY) -m pytest tests -q --ignore=tests/browser
 
 # The rendered book as a reader meets it: build it, then open every page in headless Chromium.
@@ -82,6 +82,13 @@ chromium:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
 	  { echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path/to/chrome)."; exit 1; }
+
+# bubblewrap, for the grader's sandbox option and its test (installed with apt-get when missing and we are root).
+bwrap:
+	@command -v bwrap >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null); } || \
+	  echo "bubblewrap is not installed: the grader's sandbox test will be skipped (Debian: apt-get install bubblewrap)."
 
 test-notebooks: venv
 	ATEN_CPU_CAPABILITY=$(NBVAL_CPU_CAPABILITY) COURSE_LIB_SWEEP_WIDGETS=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
