@@ -41,21 +41,12 @@ TINY = dict(steps=12, batch_size=4, eval_every=6, eval_batches=1, eval_batch_siz
             probe_every=6, checkpoint_every=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, avoids oversubscribing a shared machine, and fixes the round-off."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    """The smoke preset's token shards, built once for the whole module."""
-    path = tmp_path_factory.mktemp("capstone_data")
-    capstone.prepare_data(capstone_config("smoke", out_dir=str(path), data_dir=str(path), max_bytes=300_000))
-    return str(path)
+@pytest.fixture
+def data_dir(capstone_data_dir) -> str:
+    return capstone_data_dir
 
 
 def tiny(out_dir: Path, data_dir: str, **overrides) -> CapstoneConfig:

@@ -28,13 +28,7 @@ TINY = QwenConfig(vocab_size=50, n_layers=3, d_model=16, n_heads=2, n_kv_heads=1
 HYPER = dict(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, and avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_pair(dtype: torch.dtype = torch.float32) -> tuple[QwenLM, QwenLM]:

@@ -18,13 +18,7 @@ TINY = QwenConfig(vocab_size=61, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2
                   max_seq_len=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, and avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(config: QwenConfig = TINY, seed: int = 0) -> QwenLM:
