@@ -26,7 +26,7 @@ _LIMIT = 10_000_000  # numbers in one answer
 
 def start():
     """Run once when the kernel starts."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+    _hide_the_repository()
     try:
         import torch
 
@@ -37,6 +37,30 @@ def start():
         torch.optim.SGD([param], lr=0.1).step()  # imports what an optimizer's first step needs
     except Exception:  # the notebook's own cells will report it
         pass
+
+
+def _hide_the_repository():
+    """Take an editable install's way into the repository out of this kernel's imports.
+
+    setuptools' editable installs put a finder class (and, for namespace packages, a path hook) from a
+    module named ``__editable__...`` on the import machinery; older ones put the repository itself on
+    ``sys.path``. Either would make ``import course_grading`` work and lead to ``exercises/solutions/``.
+    """
+    import os
+
+    def editable(obj):
+        return str(getattr(obj, "__module__", None) or "").startswith("__editable__")
+
+    def a_repository(entry):
+        return any(os.path.isdir(os.path.join(entry or ".", *parts)) for parts in (("course_grading",),
+                                                                                 ("exercises", "solutions")))
+
+    sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if not editable(h)]
+    sys.path[:] = [entry for entry in sys.path if not a_repository(entry)]
+    sys.path_importer_cache.clear()
+    for name in [m for m in sys.modules if m.split(".")[0] == "course_grading" or m.startswith("__editable__")]:
+        del sys.modules[name]
 
 
 class _Encoder:

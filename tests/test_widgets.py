@@ -93,6 +93,6 @@ def test_there_are_widget_cells():
 def test_every_widget_goes_through_course_lib_interact_and_is_ignored_by_nbval(lesson, cell):
     assert "# NBVAL_IGNORE_OUTPUT" in cell, f"{lesson}: a widget cell needs '# NBVAL_IGNORE_OUTPUT'"
     assert "remove-output" in cell, f"{lesson}: the book shows the static figure, not the widget cell's output"
-    assert re.search(r"from course_lib\.widgets import[^\n]*\binteract\b", cell), \
+    assert re.search(r"from course_lib\.viz\.widgets import[^\n]*\binteract\b", cell), \
         f"{lesson}: use course_lib.viz.widgets.interact so that make test sweeps the callback"
     assert not re.search(r"\bwidgets\.interact(ive)?\(", cell), f"{lesson}: call interact, not ipywidgets' own"
