@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", nargs="*", help="names of the paths to run (default: every path found here)")
     parser.add_argument("--notebooks", nargs="*", type=Path, help="notebooks to run (default: lessons and solutions)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="notebooks run at a time")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads at a time: notebooks run at once times each one's threads")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON record")
     args = parser.parse_args(argv)
@@ -134,11 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {info['cpu']}, {info['cores']} cores, native kernels {info['native']}, "
           f"GPU {info['cuda'] or 'none'}, torch {info['torch']}")
-    print(f"paths: {', '.join(p['name'] for p in paths)}; {len(notebooks)} notebooks, {args.workers} at a time")
+    print(f"paths: {', '.join(p['name'] for p in paths)}; {len(notebooks)} notebooks, up to {args.workers} "
+          "threads at a time")
     results = []
     for path in paths:
         start = time.perf_counter()
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        # Notebooks of a path with several threads each run fewer at a time: more threads than cores
+        # make every OpenMP region wait for a descheduled thread (several times slower, measured).
+        workers = max(1, args.workers // int(path["env"].get("OMP_NUM_THREADS", "1")))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             runs = list(pool.map(run_notebook, [str(nb) for nb in notebooks], [path["env"]] * len(notebooks),
                                  [args.timeout] * len(notebooks)))
         wall = time.perf_counter() - start
