@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from .exercises import build_exercises
 from .grader import grade
@@ -14,6 +15,22 @@ from .sandbox import SANDBOXES
 from .submissions import parse_shard
 
 
+_SOURCES_HELP = "exercises/src here, else in the checkout this package comes from"
+
+
+def _sources(given: str | None, parser: argparse.ArgumentParser) -> Path:
+    """The folder of exercise sources: the one given, or the default (see ``_SOURCES_HELP``)."""
+    if given is not None:
+        candidates = [Path(given)]
+    else:
+        candidates = [Path("exercises/src"), Path(__file__).resolve().parents[1] / "exercises" / "src"]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("[0-9][0-9]_*.md")):
+            return folder
+    tried = " or ".join(str(c) for c in candidates)
+    parser.error(f"no exercise sources (NN_name.md files) in {tried}; name the folder with --src/--exercises")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_grading", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -21,15 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build-exercises", help="make the student and solution notebooks from the exercise sources"
     )
-    build.add_argument("--src", default="exercises/src", help="folder of NN_name.md sources (default: %(default)s)")
-    build.add_argument("--out", default="exercises", help="where the notebooks go (default: %(default)s)")
+    build.add_argument("--src", default=None, help=f"folder of NN_name.md sources (default: {_SOURCES_HELP})")
+    build.add_argument("--out", default=None, help="where the notebooks go (default: the folder above the sources)")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
 
     run = commands.add_parser("grade", help="grade a folder of submitted notebooks")
     run.add_argument("submissions", help="folder of STUDENT/NN_name.ipynb or STUDENT__NN_name.ipynb files")
     run.add_argument("--out", default="gradebook.csv", help="gradebook CSV (default: %(default)s)")
     run.add_argument("--report-dir", default="reports", help="one markdown report per student (default: %(default)s)")
-    run.add_argument("--exercises", default="exercises/src", help="exercise sources (default: %(default)s)")
+    run.add_argument("--exercises", default=None, help=f"exercise sources (default: {_SOURCES_HELP})")
     run.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell and per check (default: %(default)s)")
     run.add_argument("--jobs", type=int, default=None,
                      help=f"notebooks graded side by side (default: the free cores, here {free_cores()})")
@@ -48,9 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "build-exercises":
-        changed = build_exercises(args.src, args.out, check=args.check)
+        sources = _sources(args.src, parser)
+        changed = build_exercises(sources, args.out or sources.parent, check=args.check)
         for path in changed:
             print(f"{'out of date' if args.check else 'wrote'}: {path}")
         if args.check and changed:
@@ -60,13 +79,21 @@ def main(argv: list[str] | None = None) -> int:
             print("all exercise notebooks are up to date")
         return 0
     if args.command == "merge":
-        rows = merge_gradebooks(args.gradebooks, args.out)
+        missing = [path for path in args.gradebooks if not Path(path).is_file()]
+        if missing:
+            parser.error(f"no such gradebook: {', '.join(missing)}")
+        try:
+            rows = merge_gradebooks(args.gradebooks, args.out)
+        except ValueError as error:  # shards that do not belong together; nothing was written
+            parser.error(str(error))
         print(f"merged {len(args.gradebooks)} gradebooks, {rows} rows -> {args.out}")
         return 0
     shard = parse_shard(args.shard) if args.shard else None
+    if not Path(args.submissions).is_dir():
+        parser.error(f"the submissions folder {args.submissions} does not exist or is not a folder")
     graded, skipped = grade(
         args.submissions,
-        exercises_dir=args.exercises,
+        exercises_dir=_sources(args.exercises, parser),
         out=args.out,
         report_dir=args.report_dir,
         cell_timeout=args.cell_timeout,

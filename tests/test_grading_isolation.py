@@ -197,3 +197,31 @@ def test_the_bwrap_sandbox_keeps_the_network_the_files_and_the_grader_out_of_rea
     assert result.returncode == 0, result.stderr
     assert _points(rows, "anna") == FULL
     assert _points(rows, "probe") == FULL, (reports / "probe.md").read_text()
+
+
+def test_bad_input_to_the_command_is_named_and_nothing_is_written(tiny, tmp_path, monkeypatch, capsys):
+    from course_grading.__main__ import main
+
+    monkeypatch.chdir(tmp_path)  # no exercises/src here: the default falls back to the checkout's
+    (tmp_path / "subs").mkdir()
+    empty = tmp_path / "no_sources"
+    empty.mkdir()
+    cases = [
+        (["grade", str(tmp_path / "missing")], "the submissions folder"),
+        (["grade", "subs", "--exercises", str(empty)], f"no exercise sources (NN_name.md files) in {empty}"),
+        (["merge", str(tmp_path / "part0.csv")], "no such gradebook"),
+        (["build-exercises", "--src", str(empty), "--out", "out"], "no exercise sources"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+    (tmp_path / "a.csv").write_text("student,exercise,x\nal,01,1\n")
+    (tmp_path / "b.csv").write_text("student,exercise,y\nbo,01,1\n")
+    with pytest.raises(SystemExit):
+        main(["merge", "a.csv", "b.csv", "--out", "merged.csv"])
+    assert "other columns" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "no_sources", "subs"]
+    # and with no folder named, the checkout's sources are found from anywhere
+    assert main(["build-exercises", "--check"]) == 0
