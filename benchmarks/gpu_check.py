@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     record["paper_probe"] = step_breakdown(paper_cfg, "adamw", random_tokens=vocab, **timing)
     _stage("paper probe", record, started)
     record["total_seconds"] = round(time.perf_counter() - begun, 1)
+    record.update(status_page(record))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,31 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(record))
     print(f"[gpu-check] written to {path}")
     return 0
+
+
+def status_page(record: dict[str, Any]) -> dict[str, Any]:
+    """What the book's status page shows of this record: a title, the machine, the date, a table."""
+    env = record["environment"]
+    gpu = record["gpu_measured"]
+    rows = [{"what": f"{record['runs']['preset']} preset, {variant}", "tokens/s": f"{r['tokens_per_s']:,.0f}",
+             "MFU": _pct(r["mfu"]), "time": f"{r['seconds']:.1f} s, {r['steps']} steps",
+             "val loss": f"{r['val_loss']:.4f} after {r['steps']} steps"}
+            for variant, r in record["runs"]["results"].items()]
+    for label, name in (("breakdown", "step breakdown"), ("paper_probe", "paper-shape probe")):
+        b, m = record[label], record[label]["model"]
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in b["parts_ms"].items())
+        rows.append({"what": f"{name} ({m['n_layers']} layers x {m['d_model']}, vocab {m['vocab_size']})",
+                     "tokens/s": f"{b['whole_step']['tokens_per_s']:,.0f}", "MFU": _pct(b["whole_step"]["mfu"]),
+                     "time": f"{b['whole_step']['ms']:.1f} ms a step (parts, ms: {parts})", "val loss": "-"})
+    return {
+        "title": f"make gpu-check on {record['device_name']}" + ("" if gpu else ": GPU figures NOT measured"),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": (f"{record['device_name'] if gpu else env['device_name'] + ' CPU'}, torch {env['torch']}, "
+                    f"CUDA {env['cuda'] or 'none'}, commit {str(env['commit'])[:10]}"
+                    + (" (uncommitted changes)" if env.get("dirty") else "")),
+        "command": "make gpu-check",
+        "table": rows,
+    }
 
 
 def _pct(value: float | None) -> str:
