@@ -93,8 +93,10 @@ def _show_note(text: str, measured: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def claim(holds: Any, text: str, **measured: Any) -> bool:
-    """Check a claim the text makes about this run; return whether it held.
+def claim(holds: Any, text: str, **measured: Any) -> None:
+    """Check a claim the text makes about this run.
+
+    It returns nothing, so that a cell ending with a claim shows no stray ``True``.
 
     Args:
         holds: the outcome of the check (anything with a truth value; a NumPy or torch boolean too).
@@ -113,9 +115,8 @@ def claim(holds: Any, text: str, **measured: Any) -> bool:
     holds = bool(holds)
     _record(holds, text, measured)
     if holds:
-        return True
+        return
     if mode == "strict":
         numbers = _measured_text(measured)
         raise ClaimFailed(f"the text claims: {text}" + (f"; this run measured: {numbers}" if numbers else ""))
     _show_note(text, measured)
-    return False
