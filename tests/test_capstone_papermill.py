@@ -23,7 +23,7 @@ import pytest
 from course_lib.capstone import PAPER_VARIANTS, PRESETS
 from course_lib.capstone import summary_table as summarize
 
-papermill = pytest.importorskip("papermill")
+papermill = pytest.importorskip("papermill", reason="papermill (in the dev extra) runs the capstone notebook")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "lessons" / "12_capstone_layer_adaptive_adamw.ipynb"

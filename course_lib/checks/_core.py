@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from abc import ABC, abstractmethod
 import sys
 import traceback
 import types
@@ -214,24 +215,25 @@ class Student:
         return result
 
 
-class Remote:
+class Remote(ABC):
     """Base of a grader's handle on a function or class that lives in another process (the student's
     kernel). A check given one sends each call there (:meth:`invoke`) and keeps everything else, the
-    reference values and the verdict, in its own process. Implemented by the grader."""
+    reference values and the verdict, in its own process. The grader implements it
+    (:class:`course_grading.remote.RemoteFunction`); the checks need only this interface."""
 
     __name__ = "your_function"
 
     def __call__(self, *args, **kwargs) -> Any:
         return self.invoke(None, self.__name__, args, kwargs, policy_for(""))
 
+    @abstractmethod
     def invoke(self, probe: Callable | None, phase: str, args: tuple, kwargs: dict, policy: Policy) -> Any:
         """``fn(*args, **kwargs)``, or ``probe(fn, student, *args, **kwargs)``, run where ``fn`` lives;
         raise :class:`StudentRaised` for an exception of the student's code."""
-        raise NotImplementedError
 
+    @abstractmethod
     def invoke_each(self, phase: str, calls: list[tuple[tuple, dict]], policy: Policy) -> list[Any]:
         """``[fn(*args, **kwargs) for args, kwargs in calls]`` in one round trip."""
-        raise NotImplementedError
 
 
 class Trials:

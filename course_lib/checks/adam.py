@@ -18,11 +18,14 @@ import torch
 from ._core import Trials, describe, passed
 from ._policy import policy
 
-__all__ = ["adam_step", "adam_step_uncorrected", "uncorrected_ratio", "POLICY"]
+__all__ = ["adam_step", "adam_step_uncorrected", "uncorrected_ratio", "POLICY", "ADAM_CLASSES"]
+
+#: What an exercise that asks for Adam's update (this one, and the AdamW exercise) may not call.
+ADAM_CLASSES = ("torch.optim.Adam", "torch.optim.AdamW", "course_lib.optim.Adam", "course_lib.optim.AdamW")
 
 POLICY = policy(
     "adam_step", "adam_step_uncorrected",
-    forbid=("torch.optim.Adam", "torch.optim.AdamW", "course_lib.optim.Adam", "course_lib.optim.AdamW"),
+    forbid=ADAM_CLASSES,
     reason="the task is to write Adam's update yourself, with tensor operations",
 )  # fmt: skip
 policy("uncorrected_ratio", reason="plain arithmetic is all it takes")

@@ -20,13 +20,13 @@ import torch
 
 from ._core import DTYPE, Trials, describe, passed
 from ._policy import policy
-from .adam import _check_adam_like, _random_adam_run, torch_adam_states
+from .adam import ADAM_CLASSES, _check_adam_like, _random_adam_run, torch_adam_states
 
 __all__ = ["adamw_step", "adam_l2_step", "adamw_shrink", "POLICY"]
 
 POLICY = policy(
     "adamw_step", "adam_l2_step",
-    forbid=("torch.optim.Adam", "torch.optim.AdamW", "course_lib.optim.Adam", "course_lib.optim.AdamW"),
+    forbid=ADAM_CLASSES,
     reason="the task is to write the update yourself (your adam_step from exercise 2 is yours to reuse)",
 )  # fmt: skip
 policy("adamw_shrink", reason="plain arithmetic is all it takes")
