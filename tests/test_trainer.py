@@ -575,9 +575,12 @@ def test_validation_data_may_be_seeded_batches():
 # ----------------------------------------------------------------------------- host syncs and step time
 
 
-def test_clip_grad_norm_with_a_measured_norm_equals_clip_grad_norm_bit_for_bit():
+@pytest.mark.parametrize("torch_has_it", [True, False], ids=["torch's clip_grads_with_norm_", "own lines"])
+def test_clip_grad_norm_with_a_measured_norm_equals_clip_grad_norm_bit_for_bit(torch_has_it, monkeypatch):
     from course_lib.train.trainer import clip_grad_norm_with_
 
+    if not torch_has_it:  # the lines that serve torch < 2.6
+        monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_", raising=False)
     for max_norm in (0.05, 1e6):  # clipped, and a threshold never reached
         a, b = mlp(5, dtype=torch.float32), mlp(5, dtype=torch.float32)
         for model in (a, b):

@@ -119,12 +119,15 @@ def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
 def clip_grad_norm_with_(params: Sequence[nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
     """Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in place: ``clip_grad_norm_`` given the norm.
 
-    The second half of ``torch.nn.utils.clip_grad_norm_``, which would measure the norm again
-    (torch >= 2.6 has it as ``clip_grads_with_norm_``). The factor stays a tensor on the
-    device, so clipping needs no host sync.
+    The second half of ``torch.nn.utils.clip_grad_norm_``, which would measure the norm again:
+    torch's own ``clip_grads_with_norm_`` where it exists (torch >= 2.6), the same lines below
+    for older versions. The factor stays a tensor on the device, so clipping needs no host sync.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
+        return
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
         return
     factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
     by_device: dict[torch.device, list[torch.Tensor]] = {}
